@@ -1,0 +1,1 @@
+"""Hydra configuration tree, shipped as package data (``pkg://diffpolicy.configs``)."""
