@@ -1,0 +1,204 @@
+"""Training objectives and the denoiser view that samplers use.
+
+Both objectives share one training call, ``objective.loss(net, x0, cond) -> scalar``, and one sampling view,
+``objective.denoiser(net, cond, ...)``: a function ``(x, model_time, alpha, sigma) -> (x0_hat, noise_hat)``.
+Any sampler in :mod:`diffpolicy.core.samplers` runs any objective's denoiser, since both are Gaussian paths
+``x = alpha * x0 + sigma * noise`` (see :mod:`diffpolicy.core.schedules` for the time conventions).
+
+A network is any callable ``net(x, t, cond) -> out`` with ``x`` ``(B, *event)``, ``t`` ``(B,)`` float model time,
+and ``out`` of ``x``'s shape; what ``out`` means is the objective's ``prediction``:
+``epsilon`` (the noise), ``sample`` (x0), ``v_prediction`` (``alpha * noise - sigma * x0``, for DDPM) or
+``velocity`` (``noise - x0``, flow matching).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .schedules import (
+    BETA_SCHEDULES,
+    SamplingSchedule,
+    ddpm_sampling_schedule,
+    ddpm_timesteps,
+    flow_sampling_schedule,
+    make_betas,
+)
+
+Net = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+PREDICTIONS = ("epsilon", "sample", "v_prediction", "velocity")
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` or scalar ``v`` reshaped to broadcast against ``x`` ``(B, *event)``."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+
+
+def split_prediction(out, x, alpha, sigma, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert a network output into ``(x0_hat, noise_hat)`` at a point ``x = alpha x0 + sigma noise``."""
+    if prediction == "epsilon":
+        return (x - sigma * out) / alpha, out
+    if prediction == "sample":
+        return out, (x - alpha * out) / sigma
+    if prediction == "v_prediction":  # variance preserving: alpha^2 + sigma^2 = 1
+        return alpha * x - sigma * out, sigma * x + alpha * out
+    if prediction == "velocity":  # rectified flow: alpha + sigma = 1
+        return x - sigma * out, x + alpha * out
+    raise ValueError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
+
+
+class Objective:
+    """What DDPM and flow matching share: the loss on sampled times, and the denoiser view."""
+
+    prediction: str
+    clip_x0: float | None = None
+
+    def sample_training_times(self, batch: int, device, generator=None):
+        """``(alpha, sigma, model_time, weight)``, each ``(B,)``: the path point and loss weight per sample."""
+        raise NotImplementedError
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "sample":
+            return x0
+        if self.prediction == "v_prediction":
+            return alpha * noise - sigma * x0
+        return noise - x0  # velocity
+
+    def loss(self, net: Net, x0: torch.Tensor, cond: Any = None, generator: torch.Generator | None = None,
+             reduce: bool = True) -> torch.Tensor:
+        """Weighted MSE between ``net``'s output on a noised ``x0`` ``(B, *event)`` and the objective's target.
+
+        Returns the batch mean, or the per-sample losses ``(B,)`` with ``reduce=False``.
+        """
+        B = x0.shape[0]
+        alpha, sigma, model_time, weight = self.sample_training_times(B, x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        a, s = _bcast(alpha.to(x0.dtype), x0), _bcast(sigma.to(x0.dtype), x0)
+        out = net(a * x0 + s * noise, model_time.to(x0.dtype), cond)
+        per_sample = (out.float() - self.target(x0, noise, a, s).float()).pow(2).flatten(1).mean(1)
+        per_sample = per_sample * weight.to(per_sample.dtype)
+        return per_sample.mean() if reduce else per_sample
+
+    def sampling_schedule(self, steps: int, **kwargs) -> SamplingSchedule:
+        raise NotImplementedError
+
+    def denoiser(self, net: Net, cond: Any = None, null_cond: Any = None, guidance: float = 0.0) -> Denoiser:
+        """The sampling view of ``net``: ``(x, model_time, alpha, sigma) -> (x0_hat, noise_hat)``.
+
+        Classifier-free guidance with ``guidance = w`` combines ``out = out_c + w (out_c - out_null)`` (Ho &
+        Salimans' w: 0 is the plain conditional model); conditional and null passes run as one batch.
+        ``clip_x0`` (if set) clamps the x0 estimate and re-derives the noise from it, as diffusers does.
+        """
+        prediction, clip = self.prediction, self.clip_x0
+        if guidance != 0.0 and null_cond is None:
+            raise ValueError(f"guidance={guidance} needs a null condition (null_cond) for the unconditional pass")
+
+        def denoise(x, model_time, alpha, sigma):
+            t = model_time.to(x.dtype).expand(x.shape[0])
+            if guidance == 0.0:
+                out = net(x, t, cond)
+            else:
+                out_c, out_u = net(torch.cat([x, x]), torch.cat([t, t]), _cat_cond(cond, null_cond)).chunk(2)
+                out = out_c + guidance * (out_c - out_u)
+            x0, eps = split_prediction(out, x, alpha, sigma, prediction)
+            if clip is not None:
+                x0 = x0.clamp(-clip, clip)
+                eps = (x - alpha * x0) / sigma
+            return x0, eps
+
+        return denoise
+
+
+def _cat_cond(cond, null_cond):
+    """Stack a condition and its null along the batch axis (tensors, or dicts of tensors)."""
+    if isinstance(cond, dict):
+        return {k: torch.cat([cond[k], null_cond[k].expand_as(cond[k])]) for k in cond}
+    return torch.cat([cond, null_cond.expand_as(cond)])
+
+
+class DDPM(Objective):
+    """Denoising diffusion (Ho et al. 2020) with discrete timesteps ``0..K-1``.
+
+    ``loss_weighting="min_snr"`` applies Hang et al.'s min-SNR-gamma weights, expressed for the chosen prediction.
+    """
+
+    def __init__(self, num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
+                 beta_start: float = 1e-4, beta_end: float = 2e-2, prediction: str = "epsilon",
+                 clip_x0: float | None = 1.0, loss_weighting: str | None = None, snr_gamma: float = 5.0):
+        if prediction not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"DDPM prediction must be epsilon, sample or v_prediction, not {prediction!r}")
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"unknown beta schedule {beta_schedule!r}; expected one of {BETA_SCHEDULES}")
+        if loss_weighting not in (None, "min_snr"):
+            raise ValueError(f"unknown loss weighting {loss_weighting!r}; expected None or 'min_snr'")
+        self.num_train_timesteps = num_train_timesteps
+        self.prediction, self.clip_x0 = prediction, clip_x0
+        self.loss_weighting, self.snr_gamma = loss_weighting, snr_gamma
+        self.betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
+        acp = self.alphas_cumprod
+        snr = acp / (1 - acp)
+        if loss_weighting == "min_snr":
+            clipped = snr.clamp(max=snr_gamma)
+            w = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}[prediction]
+        else:
+            w = torch.ones_like(snr)
+        # Per-timestep tables, float32 for training (indexed by the sampled timestep).
+        self._train_tables = torch.stack([acp.sqrt(), (1 - acp).sqrt(), w]).float()
+
+    def sample_training_times(self, batch, device, generator=None):
+        k = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=device)
+        if self._train_tables.device != k.device:
+            self._train_tables = self._train_tables.to(k.device)
+        alpha, sigma, weight = self._train_tables[:, k]
+        return alpha, sigma, k.float(), weight
+
+    def sampling_schedule(self, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> SamplingSchedule:
+        """Grid of ``steps`` timesteps. ``trailing`` (the default) starts at the last training timestep, i.e. at
+        pure noise, which few-step sampling needs (Lin et al. 2024); ``leading`` is diffusers' DDIM default."""
+        ts = ddpm_timesteps(self.num_train_timesteps, steps, spacing, steps_offset)
+        return ddpm_sampling_schedule(self.alphas_cumprod, ts)
+
+
+class FlowMatching(Objective):
+    """Conditional flow matching on the rectified-flow path ``x_t = (1 - t) x0 + t noise`` (t = 1 is noise).
+
+    Training times: ``uniform`` on [0, 1]; ``logit_normal`` (``sigmoid(N(m, s^2))``, SD3); or ``beta``
+    (pi0: ``t = 1 - s + s u`` with ``u ~ Beta(1.5, 1)``, ``s = 0.999``, which favours the noisy end).
+    The network sees ``model_time = time_scale * t`` so its sinusoidal embedding spans the same range as DDPM's.
+    """
+
+    prediction = "velocity"
+
+    def __init__(self, time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
+                 beta_alpha: float = 1.5, beta_beta: float = 1.0, beta_s: float = 0.999, time_scale: float = 1000.0):
+        if time_sampling not in ("uniform", "logit_normal", "beta"):
+            raise ValueError(f"unknown flow time sampling {time_sampling!r}; expected uniform, logit_normal or beta")
+        self.time_sampling, self.time_scale = time_sampling, time_scale
+        self.logit_mean, self.logit_std = logit_mean, logit_std
+        self.beta_alpha, self.beta_beta, self.beta_s = beta_alpha, beta_beta, beta_s
+
+    def sample_training_times(self, batch, device, generator=None):
+        if self.time_sampling == "uniform":
+            t = torch.rand(batch, generator=generator, device=device)
+        elif self.time_sampling == "logit_normal":
+            n = torch.randn(batch, generator=generator, device=device)
+            t = torch.sigmoid(self.logit_mean + self.logit_std * n)
+        else:
+            # Beta(a, b) from two Gammas would need a generator-aware sampler; inverse-CDF is exact for b = 1 and
+            # falls back to torch.distributions otherwise (not generator-seeded, seeded via the global RNG).
+            if self.beta_beta == 1.0:
+                u = torch.rand(batch, generator=generator, device=device) ** (1.0 / self.beta_alpha)
+            else:
+                dist = torch.distributions.Beta(torch.tensor(self.beta_alpha, device=device),
+                                                torch.tensor(self.beta_beta, device=device))
+                u = dist.sample((batch,))
+            t = 1 - self.beta_s + self.beta_s * u
+        return 1 - t, t, t * self.time_scale, torch.ones_like(t)
+
+    def sampling_schedule(self, steps: int, shift: float = 1.0) -> SamplingSchedule:
+        return flow_sampling_schedule(steps, shift, self.time_scale)

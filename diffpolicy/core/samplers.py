@@ -1,0 +1,140 @@
+"""Samplers: one short function each, ``(denoise, x, schedule, ...) -> sample``.
+
+``denoise(x, model_time, alpha, sigma) -> (x0_hat, noise_hat)`` is an objective's sampling view
+(:meth:`~diffpolicy.core.objectives.Objective.denoiser`); ``x`` ``(B, *event)`` is the initial standard-normal noise;
+``schedule`` is a :class:`~diffpolicy.core.schedules.SamplingSchedule` from noise (index 0) to data (index N).
+Because both DDPM and flow matching are Gaussian paths ``x = alpha x0 + sigma noise``, every sampler runs every
+objective. Per-step coefficients are computed once, as tables, before the loop; the loop indexes them with Python
+ints and never synchronises with the device (no ``.item()``, no branching on tensor values).
+
+Common options:
+- ``generator``: the ``torch.Generator`` of the sampler's own noise (ancestral samplers);
+- ``mask``, ``known``: inpainting. Entries where ``mask`` is true are held on the path of ``known`` (the clean
+  values noised to each step's level with the initial noise), so the returned sample equals ``known`` there exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .objectives import Denoiser, Net, Objective
+from .schedules import SamplingSchedule
+
+
+def _inpainter(x: torch.Tensor, mask: torch.Tensor | None, known: torch.Tensor | None) -> Callable:
+    """``keep(x, alpha, sigma)`` re-imposing ``known`` where ``mask`` holds; identity without a mask."""
+    if mask is None:
+        return lambda x, alpha, sigma: x
+    if known is None:
+        raise ValueError("inpainting needs both mask and known values; got a mask without known")
+    noise, mask, known = x.clone(), mask.to(device=x.device, dtype=torch.bool), known.to(x)
+    return lambda x, alpha, sigma: torch.where(mask, alpha * known + sigma * noise, x)
+
+
+def _tables(schedule: SamplingSchedule, x: torch.Tensor):
+    s = schedule.to(device=x.device, dtype=x.dtype)
+    return s.alpha, s.sigma, s.model_time, s.num_steps
+
+
+def ddim(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, eta: float = 0.0,
+         generator: torch.Generator | None = None, mask=None, known=None) -> torch.Tensor:
+    """DDIM (Song et al. 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM's ancestral sampler."""
+    a, s, t, n = _tables(schedule, x)
+    keep = _inpainter(x, mask, known)
+    # Posterior std of the step i -> i+1 for a general Gaussian path, scaled by eta.
+    ratio = (a[:-1] * s[1:]) / (a[1:] * s[:-1])
+    c = eta * s[1:] * (1 - ratio.square()).clamp_min(0).sqrt()
+    d = (s[1:].square() - c.square()).clamp_min(0).sqrt()
+    x = keep(x, a[0], s[0])
+    for i in range(n):
+        x0, eps = denoise(x, t[i], a[i], s[i])
+        x = a[i + 1] * x0 + d[i] * eps
+        if eta > 0:
+            x = x + c[i] * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = keep(x, a[i + 1], s[i + 1])
+    return x
+
+
+def ddpm(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+    """DDPM ancestral sampling (Ho et al. 2020): the posterior ``q(x_s | x_t, x0_hat)`` at each step."""
+    return ddim(denoise, x, schedule, eta=1.0, generator=generator, mask=mask, known=known)
+
+
+def euler(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+    """Euler on the probability-flow ODE, written in flow time.
+
+    Rescaling ``x / (alpha + sigma)`` turns any Gaussian path into the rectified-flow path with time
+    ``tau = sigma / (alpha + sigma)`` and velocity ``noise - x0``; for flow models this is the identity, so the
+    update is ``x + (t_next - t) v`` exactly as in diffusers' ``FlowMatchEulerDiscreteScheduler``.
+    """
+    a, s, t, n = _tables(schedule, x)
+    keep = _inpainter(x, mask, known)
+    k, tau = a + s, s / (a + s)
+    x = keep(x, a[0], s[0])
+    for i in range(n):
+        x0, eps = denoise(x, t[i], a[i], s[i])
+        x = (x / k[i] + (tau[i + 1] - tau[i]) * (eps - x0)) * k[i + 1]
+        x = keep(x, a[i + 1], s[i + 1])
+    return x
+
+
+def heun(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+    """Heun's second-order method in flow time (Karras et al. 2022); the last step, to sigma = 0, is Euler."""
+    a, s, t, n = _tables(schedule, x)
+    keep = _inpainter(x, mask, known)
+    k, tau = a + s, s / (a + s)
+    x = keep(x, a[0], s[0])
+    for i in range(n):
+        x0, eps = denoise(x, t[i], a[i], s[i])
+        y, dt, v = x / k[i], tau[i + 1] - tau[i], eps - x0
+        x = (y + dt * v) * k[i + 1]
+        if i < n - 1:
+            x0_next, eps_next = denoise(keep(x, a[i + 1], s[i + 1]), t[i + 1], a[i + 1], s[i + 1])
+            x = (y + dt * 0.5 * (v + eps_next - x0_next)) * k[i + 1]
+        x = keep(x, a[i + 1], s[i + 1])
+    return x
+
+
+def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+    """DPM-Solver++(2M) (Lu et al. 2022), multistep in ``lambda = log(alpha / sigma)``.
+
+    First order at the first step and at the last one (to sigma = 0), as diffusers' ``DPMSolverMultistepScheduler``
+    does with ``final_sigmas_type="zero"``.
+    """
+    a, s, t, n = _tables(schedule, x)
+    keep = _inpainter(x, mask, known)
+    lam = a.log() - s.log()  # -inf at pure noise, +inf at the clean end: both handled by expm1(-inf) = -1
+    h = lam[1:] - lam[:-1]
+    coef_x, coef_d = s[1:] / s[:-1], -a[1:] * torch.expm1(-h)
+    half_inv_r = torch.cat([h.new_zeros(1), 0.5 * h[1:] / h[:-1]])  # 1 / (2 r_i), r_i = h_{i-1} / h_i
+    x = keep(x, a[0], s[0])
+    x0_prev = None
+    for i in range(n):
+        x0, _ = denoise(x, t[i], a[i], s[i])
+        d = x0 if (i == 0 or i == n - 1) else x0 + half_inv_r[i] * (x0 - x0_prev)
+        x = keep(coef_x[i] * x + coef_d[i] * d, a[i + 1], s[i + 1])
+        x0_prev = x0
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": ddpm, "ddim": ddim, "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m,
+}
+
+
+def sample(objective: Objective, net: Net, noise: torch.Tensor, cond: Any = None, sampler: str = "ddim",
+           steps: int = 10, *, guidance: float = 0.0, null_cond: Any = None, mask=None, known=None,
+           generator: torch.Generator | None = None, schedule: SamplingSchedule | None = None,
+           **sampler_kwargs) -> torch.Tensor:
+    """Sample from ``net`` trained with ``objective``, starting at ``noise`` ``(B, *event)``.
+
+    ``schedule`` defaults to ``objective.sampling_schedule(steps)``; ``guidance``/``null_cond`` enable
+    classifier-free guidance; ``mask``/``known`` inpaint; extra keywords go to the sampler (e.g. ``eta``).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    schedule = schedule if schedule is not None else objective.sampling_schedule(steps)
+    denoise = objective.denoiser(net, cond, null_cond=null_cond, guidance=guidance)
+    return SAMPLERS[sampler](denoise, noise, schedule, generator=generator, mask=mask, known=known, **sampler_kwargs)

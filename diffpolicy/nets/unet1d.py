@@ -1,0 +1,149 @@
+"""Conditional 1D temporal U-Net for action chunks (the Diffusion Policy architecture).
+
+Residual blocks of (Conv1d, GroupNorm, Mish) x 2, each modulated by FiLM (per-channel scale and bias) computed from
+``Mish([time_embedding, global_cond])``. All blocks' FiLM projections are one fused ``Linear`` (``self.film``), and
+it splits into a time part and a condition part, so a sampler can compute the condition part once per chunk
+(:meth:`ConditionalUnet1D.conditioned`) and pay only the small time part at each step.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import TimeEmbedding
+
+
+class ConvBlock(nn.Sequential):
+    """Conv1d -> GroupNorm -> Mish on ``(B, C, T)``; 'same' padding."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, groups: int):
+        if c_out % groups:
+            raise ValueError(f"GroupNorm: {c_out} channels are not divisible into {groups} groups")
+        super().__init__(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(groups, c_out),
+                         nn.Mish())
+
+
+class FiLMResBlock(nn.Module):
+    """Residual conv block whose first conv's output is modulated as ``scale * h + bias``."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, groups: int):
+        super().__init__()
+        self.conv1 = ConvBlock(c_in, c_out, kernel_size, groups)
+        self.conv2 = ConvBlock(c_out, c_out, kernel_size, groups)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.film_dim = 2 * c_out
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, C_in, T)``, ``film`` ``(B, 2 C_out)`` -> ``(B, C_out, T)``."""
+        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
+        return self.conv2(torch.addcmul(bias, scale, self.conv1(x))) + self.skip(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Denoiser network ``(B, T, D) -> (B, T, D)`` conditioned on time and an observation embedding.
+
+    Args:
+        action_dim: ``D``, the per-step dimension of the denoised sequence.
+        global_cond_dim: size of the global condition vector (0 for none).
+        local_cond_dim: per-timestep condition ``(B, T, local_cond_dim)`` added at full resolution (0 for none).
+        down_dims: channel widths per level; the horizon must be divisible by ``2 ** (len(down_dims) - 1)``.
+        time_embed_dim: size of the diffusion-time embedding.
+    """
+
+    def __init__(self, action_dim: int, global_cond_dim: int = 0, local_cond_dim: int = 0,
+                 down_dims: Sequence[int] = (256, 512, 1024), kernel_size: int = 5, n_groups: int = 8,
+                 time_embed_dim: int = 256):
+        super().__init__()
+        down_dims = list(down_dims)
+        self.levels = len(down_dims)
+        self.global_cond_dim, self.local_cond_dim = global_cond_dim, local_cond_dim
+        self.time_embed = TimeEmbedding(time_embed_dim)
+        self.time_embed_dim = time_embed_dim
+        block = lambda i, o: FiLMResBlock(i, o, kernel_size, n_groups)  # noqa: E731
+
+        dims = [action_dim] + down_dims
+        self.down = nn.ModuleList()
+        for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = level == self.levels - 1
+            self.down.append(nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(list(zip(down_dims[:-1], down_dims[1:]))):
+            self.up.append(nn.ModuleList([block(c_out * 2, c_in), block(c_in, c_in),
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+        self.final = nn.Sequential(ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+                                   nn.Conv1d(down_dims[0], action_dim, 1))
+        self.local = (nn.Sequential(nn.Linear(local_cond_dim, down_dims[0]), nn.Mish(),
+                                    nn.Linear(down_dims[0], down_dims[0])) if local_cond_dim else None)
+        self._blocks = [m for m in self.modules() if isinstance(m, FiLMResBlock)]
+        self.film = nn.Linear(time_embed_dim + global_cond_dim, sum(b.film_dim for b in self._blocks))
+
+    # -- conditioning ---------------------------------------------------------------------------------------------
+    def check_horizon(self, horizon: int) -> None:
+        step = 2 ** (self.levels - 1)
+        if horizon % step:
+            raise ValueError(f"horizon {horizon} does not fit a U-Net with {self.levels} levels: it must be a "
+                             f"multiple of {step} (e.g. {step * max(1, round(horizon / step))})")
+
+    def cond_film(self, global_cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Condition part of all FiLM parameters, ``(B, F)``, bias included: constant over a chunk's steps."""
+        w_cond = self.film.weight[:, self.time_embed_dim:]
+        if self.global_cond_dim == 0:
+            return self.film.bias.expand(batch, -1)
+        if global_cond is None or global_cond.shape[-1] != self.global_cond_dim:
+            got = None if global_cond is None else tuple(global_cond.shape)
+            raise ValueError(f"global_cond: expected shape (B, {self.global_cond_dim}), got {got}")
+        return F.linear(F.mish(global_cond), w_cond, self.film.bias)
+
+    def time_film(self, t: torch.Tensor) -> torch.Tensor:
+        """Time part of all FiLM parameters: ``(B,)`` -> ``(B, F)``."""
+        return F.linear(F.mish(self.time_embed(t)), self.film.weight[:, : self.time_embed_dim])
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor | None = None,
+                local_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, T, D)``, ``t`` ``(B,)`` -> ``(B, T, D)``."""
+        return self.forward_film(x, self.cond_film(global_cond, x.shape[0]) + self.time_film(t), local_cond)
+
+    def forward_film(self, x: torch.Tensor, film: torch.Tensor, local_cond: torch.Tensor | None = None):
+        """The trunk, given precomputed FiLM parameters ``(B, F)``."""
+        self.check_horizon(x.shape[1])
+        films = film.split([b.film_dim for b in self._blocks], dim=1)
+        it = iter(films)
+        h = x.transpose(1, 2)
+        local = None
+        if self.local is not None:
+            if local_cond is None:
+                raise ValueError(f"this U-Net expects local_cond of shape (B, {x.shape[1]}, {self.local_cond_dim})")
+            local = self.local(local_cond).transpose(1, 2)
+        skips = []
+        for level, (b1, b2, down) in enumerate(self.down):
+            h = b1(h, next(it))
+            if level == 0 and local is not None:
+                h = h + local
+            h = b2(h, next(it))
+            skips.append(h)
+            h = down(h)
+        for b in self.mid:
+            h = b(h, next(it))
+        for b1, b2, upsample in self.up:
+            h = b1(torch.cat([h, skips.pop()], dim=1), next(it))
+            h = upsample(b2(h, next(it)))
+        return self.final(h).transpose(1, 2)
+
+    def conditioned(self, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None):
+        """A ``net(x, t, cond)`` callable for samplers with the condition's FiLM part computed once."""
+        cond_part = None
+
+        def net(x, t, _cond=None):
+            nonlocal cond_part
+            if cond_part is None:
+                cond_part = self.cond_film(global_cond, x.shape[0])
+            return self.forward_film(x, cond_part + self.time_film(t), local_cond)
+
+        return net
