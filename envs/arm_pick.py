@@ -16,6 +16,8 @@ Observations (``obs_type``):
   - ``"pixels"``: the ``"dict"`` keys plus ``img_scene`` (fixed front camera) and ``img_wrist`` (camera on the hand
     looking down between the fingers), each ``(96, 96, 3)`` uint8.
 
+``reset(options={"reset_to_state": state})`` starts from a given ``(11,)`` state (velocities zero).
+
 Success: the cube centre is at least ``LIFT_HEIGHT`` = 8 cm above its resting height; the episode then terminates
 with reward 1.0 (0.0 on every other step). Reset draws the cube position (|x|, |y| <= 8 cm) and yaw (|yaw| <= 30
 degrees) and the start of the end-effector from the seed.
@@ -95,10 +97,32 @@ class ArmPickEnv(gym.Env):
         q[self._cube_q:self._cube_q + 3] = [*rng.uniform(-CUBE_XY, CUBE_XY, size=2), CUBE_HALF]
         q[self._cube_q + 3:self._cube_q + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
         q[self._arm_q] = [*rng.uniform(-EEF_START_XY, EEF_START_XY, size=2), rng.uniform(*EEF_START_Z)]
-        self.data.ctrl[:3] = q[self._arm_q]  # servos start holding the initial pose, gripper open
-        self.data.ctrl[3:] = 0.0
+        finger = 0.0  # fully open
+        if options and options.get("reset_to_state") is not None:
+            finger = self._set_state(options["reset_to_state"])
+        self.data.ctrl[:3] = q[self._arm_q]  # servos start holding the initial pose
+        self.data.ctrl[3:] = finger
         mujoco.mj_forward(self.model, self.data)
         return self._obs(), self._info()
+
+    def _set_state(self, state) -> float:
+        """Write an 11-D state vector (layout of the ``state`` observation) into the simulator.
+
+        Returns the per-finger joint position that reproduces the gripper opening.
+        """
+        space = self.observation_space if self.obs_type == "state" else self.observation_space["state"]
+        state = np.asarray(state, dtype=np.float64)
+        if (state.shape != (11,) or not space.contains(state.astype(np.float32))
+                or abs(np.linalg.norm(state[7:11]) - 1.0) > 1e-3):
+            raise ValueError("ArmPickEnv.reset: options['reset_to_state'] must be an (11,) state [eef_pos, gripper, "
+                             f"cube_pos, unit cube_quat] inside the state bounds, got {state.tolist()}")
+        q = self.data.qpos
+        q[self._arm_q] = state[0:3]
+        finger = float(np.clip((MAX_OPENING - state[3]) / 2.0, 0.0, FINGER_TRAVEL))
+        q[self._finger_q] = finger
+        q[self._cube_q:self._cube_q + 3] = state[4:7]
+        q[self._cube_q + 3:self._cube_q + 7] = state[7:11] / np.linalg.norm(state[7:11])
+        return finger
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64).reshape(-1)

@@ -14,6 +14,9 @@ Observations (``obs_type``):
   - ``"dict"``: ``state`` ``(4,)``, ``agent_pos`` ``(2,)``, ``goal_pos`` ``(2,)``;
   - ``"pixels"``: the ``"dict"`` keys plus ``img`` ``(96, 96, 3)`` uint8, an orthographic top-down view.
 
+``reset(options={"reset_to_state": [agent_x, agent_y, goal_x, goal_y]})`` starts from a given state (e.g. the
+first state of a demo) instead of a random one.
+
 Reward: 1.0 on the step the agent is within 2 cm of the goal (success, the episode terminates), else 0.0.
 """
 
@@ -99,9 +102,16 @@ class TwoPathEnv(gym.Env):
         super().reset(seed=seed)
         mujoco.mj_resetData(self.model, self.data)
         rng = self.np_random
-        self.data.qpos[:] = [rng.uniform(*START_X), rng.uniform(*START_Y)]
-        self.data.ctrl[:] = self.data.qpos  # servos start holding the initial position
+        start = np.array([rng.uniform(*START_X), rng.uniform(*START_Y)])
         self.goal = np.array([rng.uniform(*GOAL_X), rng.uniform(*GOAL_Y)])
+        if options and options.get("reset_to_state") is not None:
+            state = np.asarray(options["reset_to_state"], dtype=np.float64)
+            if state.shape != (4,) or not np.all(np.abs(state) <= ARENA):
+                raise ValueError("TwoPathEnv.reset: options['reset_to_state'] must be [agent_x, agent_y, goal_x, "
+                                 f"goal_y] within [-{ARENA}, {ARENA}], got {state.tolist()}")
+            start, self.goal = state[:2], state[2:]
+        self.data.qpos[:] = start
+        self.data.ctrl[:] = start  # servos start holding the initial position
         self.data.mocap_pos[self._goal_mocap, :2] = self.goal
         mujoco.mj_forward(self.model, self.data)
         self.solution = None

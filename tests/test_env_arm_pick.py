@@ -152,3 +152,19 @@ def test_expert_succeeds_with_varied_demos():
     expert.reset()
     other = np.stack([expert.act(env.step(np.zeros(4, np.float32))[0]) for _ in range(5)])
     assert not np.allclose(other, first_actions[0], atol=1e-3)
+
+
+def test_reset_to_state_reproduces_a_recorded_state():
+    env = ArmPickEnv()
+    env.reset(seed=3)
+    for _ in range(4):
+        recorded = env.step(np.array([0.3, -0.2, -0.6, 0.2], dtype=np.float32))[0]
+    other = ArmPickEnv()
+    obs, _ = other.reset(seed=99, options={"reset_to_state": recorded})
+    np.testing.assert_allclose(obs, recorded, atol=1e-6)
+    bad = recorded.copy()
+    bad[7:11] = 0.0
+    with pytest.raises(ValueError, match="unit cube_quat"):
+        other.reset(options={"reset_to_state": bad})
+    with pytest.raises(ValueError, match=r"\(11,\)"):
+        other.reset(options={"reset_to_state": recorded[:10]})

@@ -126,7 +126,27 @@ def test_expert_succeeds_and_produces_both_solutions():
         assert info["is_success"], f"expert failed on seed {seed} after {steps} steps"
         sides.append(info["solution"])
     assert set(sides) == {"left", "right"}
-    assert 5 <= sides.count("left") <= 15, sides
+    assert sides.count("left") == 10, sides  # consecutive expert seeds pair up on opposite sides
+
+
+def test_expert_side_is_a_fair_coin_balanced_in_pairs():
+    env = TwoPathEnv()
+    reused = make_expert(ENV_ID, env, seed=np.int64(5))
+    sides = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        reused.reset()
+        sides.append(reused.side)
+    pairs = np.array(sides).reshape(-1, 2)
+    assert np.all(pairs.sum(axis=1) == 0)  # each pair of episodes covers both sides
+    assert 5 <= (pairs[:, 0] == -1).sum() <= 15  # but which side comes first is random
+    unseeded = [make_expert(ENV_ID, env, seed=None) for _ in range(40)]
+    first = []
+    for expert in unseeded:
+        env.reset(seed=0)
+        expert.reset()
+        first.append(expert.side)
+    assert set(first) == {-1, 1}
 
 
 def test_expert_demos_vary_with_expert_seed():
@@ -138,3 +158,15 @@ def test_expert_demos_vary_with_expert_seed():
         expert.reset()
         paths.append(np.stack([expert.act(obs) for _ in range(10)]))
     assert not np.allclose(paths[0], paths[1]) and not np.allclose(paths[1], paths[2])
+
+
+def test_reset_to_state_and_its_validation():
+    env = TwoPathEnv()
+    state = np.array([0.1, -0.2, -0.05, 0.18], dtype=np.float32)
+    obs, info = env.reset(seed=0, options={"reset_to_state": state})
+    np.testing.assert_allclose(obs, state, atol=1e-7)
+    assert info["solution"] is None and not info["is_success"]
+    with pytest.raises(ValueError, match="reset_to_state"):
+        env.reset(options={"reset_to_state": [0.0, 0.0, 0.0]})
+    with pytest.raises(ValueError, match="reset_to_state"):
+        env.reset(options={"reset_to_state": [0.0, 0.0, 0.0, 0.9]})

@@ -1,7 +1,10 @@
 """Scripted demonstrator of TwoPath: a noisy "carrot" that walks a smoothed path round a randomly chosen side.
 
 Per episode (all randomness from the expert's own ``np.random.Generator``):
-  - the side (left / right of the obstacle) with probability 0.5 each;
+  - the side (left / right of the obstacle) with probability 0.5 each, drawn in antithetic pairs so that demos split
+    evenly instead of only on average: episodes 2k and 2k+1 of one expert take opposite sides (a fair coin picks
+    which), and experts seeded 2j and 2j+1 share that coin with opposite phase, so a collector that builds one expert
+    per episode with consecutive seeds, or reuses one expert per worker, gets a split within one episode of 50/50;
   - two via-points beside the obstacle (lateral clearance and heights drawn at random), so paths differ even on
     the same side;
   - the walking speed of the carrot and the amplitude of a smooth (first-order low-pass) hand-jitter noise.
@@ -36,12 +39,24 @@ class TwoPathExpert:
             raise TypeError(f"TwoPathExpert needs the unwrapped TwoPathEnv, got {type(env).__name__}")
         self.env = env
         self.rng = np.random.default_rng(seed)
+        # The side coin: shared by the seed pair (2j, 2j+1), whose members take opposite phases.
+        paired = isinstance(seed, (int, np.integer))
+        self._side_rng = np.random.default_rng(int(seed) // 2) if paired else self.rng
+        self._phase = int(seed) % 2 if paired else 0
+        self._episodes = 0
         self.side = 0
+
+    def _draw_side(self) -> int:
+        if self._episodes % 2 == 0:
+            self._coin = int(self._side_rng.integers(2))
+        bit = self._coin ^ (self._episodes + self._phase) % 2
+        self._episodes += 1
+        return 1 if bit else -1
 
     def reset(self) -> None:
         """Draw this episode's side, via-points, speed and noise, and build the path from the current state."""
         rng, env = self.rng, self.env
-        self.side = int(rng.choice([-1, 1]))  # -1: left of the obstacle, +1: right
+        self.side = self._draw_side()  # -1: left of the obstacle, +1: right
         half_w, half_h = env.model.geom("obstacle").size[:2]
         centre = env.model.geom("obstacle").pos[:2]
         x_via = centre[0] + self.side * (half_w + AGENT_RADIUS + rng.uniform(0.025, 0.07))
