@@ -1,0 +1,89 @@
+"""Checkpoints as directories that load without unpickling.
+
+Layout of ``<run>/checkpoints/step_<N>/``::
+
+    <name>.safetensors   one per tensor group (e.g. model, ema)
+    config.yaml          the resolved run configuration
+    train_state.pt       optimiser/scheduler state, step and RNG state: plain tensors and numbers only,
+                         loadable with ``torch.load(weights_only=True)``
+
+A checkpoint is written to a temporary directory and renamed into place, then ``checkpoints/latest`` (a one-line
+text file) is replaced atomically, so an interruption never leaves a half-written checkpoint behind a name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(root: str | Path, step: int, tensors: Mapping[str, Mapping[str, torch.Tensor]],
+                    config: Mapping[str, Any], train_state: Mapping[str, Any] | None = None, keep: int = 2) -> Path:
+    """Write ``root/step_<step>`` atomically, point ``root/latest`` at it, and keep the newest ``keep``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp_step_{step:08d}_"))
+    try:
+        for name, state in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / f"{name}.safetensors")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        if train_state is not None:
+            torch.save(dict(train_state), tmp / "train_state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _atomic_write_text(root / LATEST, final.name + "\n")
+    for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from itself, a ``checkpoints/`` root, or a run directory containing one."""
+    path = Path(path)
+    for root in (path, path / "checkpoints"):
+        if (root / LATEST).is_file():
+            return root / (root / LATEST).read_text().strip()
+    if (path / "config.yaml").is_file():
+        return path
+    raise FileNotFoundError(f"{path}: not a checkpoint (no config.yaml) and no checkpoints/latest below it")
+
+
+def load_tensors(ckpt: str | Path, name: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(ckpt) / f"{name}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} has no {name}.safetensors")
+    return load_file(path, device=str(device))
+
+
+def load_config(ckpt: str | Path) -> dict:
+    path = Path(ckpt) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} has no config.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def load_train_state(ckpt: str | Path) -> dict:
+    return torch.load(Path(ckpt) / "train_state.pt", map_location="cpu", weights_only=True)

@@ -1,0 +1,170 @@
+"""The training loop shared by policies and image models.
+
+A trainable module's ``forward(batch, generator) -> loss`` returns its scalar training loss (so DDP's gradient
+hooks see the call); ``batch_fn(step, generator) -> batch`` produces the batch of a step. All randomness of a
+step (which samples, augmentation, noise, diffusion times) comes from a generator seeded by ``(seed, step, rank)``,
+so a resumed run repeats an uninterrupted one exactly, whatever the worker or process layout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.ema import EMA
+from .checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 256  # per process; the global batch is batch_size x world size
+    lr: float = 1e-4  # for the global batch; not rescaled with the world size
+    weight_decay: float = 1e-6
+    betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    eval_every: int = 0  # 0: evaluate only at the end (if an evaluate callback is given)
+    seed: int = 0
+    bf16: bool = True  # autocast on CUDA only; CPU trains in float32
+
+
+def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """The generator of one training step: a pure function of ``(seed, step, rank)``."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+    return g
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    """Linear warm-up to the base lr over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def distributed_context() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg: TrainConfig, run_dir: str | Path,
+          config: Mapping[str, Any], resume: bool = False,
+          evaluate: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
+          validate: Callable[[nn.Module], float] | None = None, device: torch.device | None = None) -> EMA:
+    """Train ``model`` for ``cfg.steps`` steps, checkpointing under ``run_dir/checkpoints``; returns the EMA.
+
+    ``evaluate(ema_model, step)`` (e.g. rollouts) and ``validate(ema_model)`` (validation loss) run on rank 0 every
+    ``cfg.eval_every`` / ``cfg.log_every * 10`` steps and at the end; their numbers go to tensorboard.
+    """
+    rank, world = distributed_context()
+    device = device or pick_device()
+    run_dir = Path(run_dir)
+    model.to(device)
+    ema = EMA(model, power=cfg.ema_power, max_decay=cfg.ema_max_decay)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    sched = cosine_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    start = 0
+    ckpt_root = run_dir / "checkpoints"
+    if resume and (ckpt_root / "latest").is_file():
+        ckpt = resolve_checkpoint(ckpt_root)
+        model.load_state_dict(load_tensors(ckpt, "model", device))
+        ema.model.load_state_dict(load_tensors(ckpt, "ema", device))
+        state = load_train_state(ckpt)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ema.step, start = int(state["ema_step"]), int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {start}")
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir / "tb")
+
+    def checkpoint(step: int) -> Path:
+        return save_checkpoint(
+            ckpt_root, step, {"model": model.state_dict(), "ema": ema.model.state_dict()}, config,
+            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "ema_step": ema.step,
+             "torch_rng": torch.get_rng_state(), "train": asdict(cfg)})
+
+    def report(step: int) -> None:
+        if validate is not None:
+            writer.add_scalar("val/loss", validate(ema.model), step)
+        if evaluate is not None:
+            for k, v in evaluate(ema.model, step).items():
+                writer.add_scalar(f"eval/{k}", v, step)
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc="train",
+               dynamic_ncols=True)
+    model.train()
+    t0 = time.perf_counter()
+    for step in bar:
+        g = step_generator(cfg.seed, step, device, rank)
+        batch = batch_fn(step, g)
+        with autocast:
+            loss = net(batch, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        value = loss.item()
+        if not math.isfinite(value):
+            last = ckpt_root / "latest"
+            where = last.read_text().strip() if last.is_file() else "none yet"
+            raise FloatingPointError(f"training loss is {value} at step {step}; stopped. The last good checkpoint "
+                                     f"is {ckpt_root}/{where}; lower the learning rate or check the data.")
+        opt.step()
+        sched.step()
+        ema.update(model)
+        done = step + 1
+        if rank == 0:
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                writer.add_scalar("train/loss", value, done)
+                writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
+                writer.add_scalar("train/grad_norm", float(grad_norm), done)
+                writer.add_scalar("train/steps_per_s", (done - start) / (time.perf_counter() - t0), done)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                checkpoint(done)
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                ema.model.eval()
+                report(done)
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+    return ema

@@ -1,0 +1,82 @@
+"""The shared training loop: exact resume, atomic checkpoints, NaN stop."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from diffpolicy.core.objectives import FlowMatching
+from diffpolicy.training.checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
+from diffpolicy.training.loop import TrainConfig, train
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 32), nn.Mish(), nn.Linear(32, 2))
+        self.objective = FlowMatching()
+
+    def forward(self, batch, generator):
+        net = lambda x, t, c: self.net(torch.cat([x, t[:, None] / 1000], -1))  # noqa: E731
+        return self.objective.loss(net, batch, generator=generator)
+
+
+def batches(step, g):
+    return torch.randn(16, 2, generator=g) * 0.1 + torch.tensor([1.0, -1.0])
+
+
+def run(tmp, resume=False, interrupt_at=None):
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=2, checkpoint_every=4, log_every=2)
+    model = Toy()
+
+    def batch_fn(step, g):
+        if step == interrupt_at:
+            raise KeyboardInterrupt
+        return batches(step, g)
+
+    train(model, batch_fn, cfg, tmp, {"steps": 12}, resume=resume)
+    return model
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    full = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split", interrupt_at=10)  # killed after the step-8 checkpoint
+    resumed = run(tmp_path / "split", resume=True)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    ema_full = load_tensors(resolve_checkpoint(tmp_path / "full"), "ema")
+    ema_resumed = load_tensors(resolve_checkpoint(tmp_path / "split"), "ema")
+    assert all(torch.equal(ema_full[k], ema_resumed[k]) for k in ema_full)
+    assert load_train_state(resolve_checkpoint(tmp_path / "split"))["step"] == 12
+    kept = sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000008", "step_00000012"]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    class Exploding(Toy):
+        def forward(self, batch, generator):
+            loss = super().forward(batch, generator)
+            return loss * float("nan") if self.calls_left() else loss
+
+        count = 0
+
+        def calls_left(self):
+            self.count += 1
+            return self.count > 5
+
+    cfg = TrainConfig(steps=10, batch_size=16, warmup_steps=1, checkpoint_every=4, log_every=1)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 5.*step_00000004"):
+        train(Exploding(), batches, cfg, tmp_path, {})
+    assert resolve_checkpoint(tmp_path).name == "step_00000004"
+
+
+def test_checkpoint_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        resolve_checkpoint(tmp_path)
+    ckpt = save_checkpoint(tmp_path / "c", 1, {"model": {"w": torch.ones(2)}}, {"a": 1})
+    with pytest.raises(FileNotFoundError, match="has no ema.safetensors"):
+        load_tensors(ckpt, "ema")
+    assert not list(Path(tmp_path / "c").glob(".tmp*"))
