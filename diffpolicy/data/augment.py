@@ -1,0 +1,55 @@
+"""Image windows: crop (random at train time, centred at eval) fused into the gather, then float (C, H, W) in [0, 1].
+
+Stored images are channel-last ``(N, H, W, C)``, ``uint8`` (or float in [0, 255], as in Diffusion Policy's Push-T
+store). Cropping while gathering reads only the kept pixels, and one crop offset is shared by the ``To`` frames
+of a window so the observation history stays spatially consistent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffpolicy.data.cache import ChunkCachedArray
+
+
+def crop_offsets(n: int, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                 rng: np.random.Generator | None) -> np.ndarray:
+    """``(n, 2)`` int64 top-left corners: uniform over all valid positions when ``rng`` is given, else centred."""
+    (h, w), (ch, cw) = in_hw, out_hw
+    if ch > h or cw > w:
+        raise ValueError(f"crop {out_hw} is larger than the image {in_hw}")
+    if rng is None:
+        return np.tile(np.array([(h - ch) // 2, (w - cw) // 2], dtype=np.int64), (n, 1))
+    return np.stack([rng.integers(0, h - ch + 1, n), rng.integers(0, w - cw + 1, n)], axis=1).astype(np.int64)
+
+
+def gather_cropped(images: np.ndarray | ChunkCachedArray, rows: np.ndarray, out_hw: tuple[int, int],
+                   offsets: np.ndarray) -> np.ndarray:
+    """Crops of ``images`` ``(N, H, W, C)`` at ``rows`` ``(B, To)`` with per-window ``offsets`` ``(B, 2)``
+    -> ``(B, To, h, w, C)`` in the stored dtype."""
+    ch, cw = out_hw
+    r = offsets[:, 0, None] + np.arange(ch)  # (B, h)
+    c = offsets[:, 1, None] + np.arange(cw)  # (B, w)
+    if isinstance(images, np.ndarray):
+        return images[rows[:, :, None, None], r[:, None, :, None], c[:, None, None, :]]
+    frames = images.take(rows)  # (B, To, H, W, C): whole frames from cached chunks, then crop
+    b = np.arange(len(rows))[:, None, None, None]
+    t = np.arange(rows.shape[1])[None, :, None, None]
+    return frames[b, t, r[:, None, :, None], c[:, None, None, :]]
+
+
+def to_float_chw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(..., H, W, C)`` uint8 or float in [0, 255] -> float32 ``(..., C, H, W)`` in [0, 1]."""
+    x = torch.as_tensor(images)
+    return x.movedim(-1, -3).to(torch.float32).div_(255.0).contiguous()
+
+
+def center_crop(images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Centre crop of ``(..., C, H, W)`` images: the eval-time transform, for run-time observations too."""
+    h, w = images.shape[-2:]
+    ch, cw = out_hw
+    if ch > h or cw > w:
+        raise ValueError(f"crop {tuple(out_hw)} is larger than the image {(h, w)}")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return images[..., top:top + ch, left:left + cw]
