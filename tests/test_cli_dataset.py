@@ -1,0 +1,94 @@
+"""diffpolicy-dataset subcommands, driven through main(argv)."""
+
+import json
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from diffpolicy.cli.dataset import main
+from diffpolicy.data.replay_buffer import ReplayBuffer
+from test_data_errors import make_store, tree_digest
+
+
+def store(path, lengths, seed):
+    rng = np.random.default_rng(seed)
+    rb = ReplayBuffer.create(path, attrs={"env_id": "fake", "control_hz": 5})
+    for n in lengths:
+        rb.append_episode({"state": rng.normal(size=(n, 3)).astype(np.float32),
+                           "action": rng.normal(size=(n, 2)).astype(np.float32),
+                           "img": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)})
+    return path
+
+
+def test_info_and_json(tmp_path, capsys):
+    p = store(tmp_path / "a.zarr", [3, 5, 9], 0)
+    assert main(["info", str(p), "--json", str(tmp_path / "info.json")]) == 0
+    out = capsys.readouterr().out
+    assert "episodes 3" in out and "steps 17" in out and "data/img" in out and "(17, 32, 32, 3)" in out
+    assert f"wrote {tmp_path / 'info.json'}" in out
+    d = json.loads((tmp_path / "info.json").read_text())
+    assert d["episode_length"]["min"] == 3 and d["episode_length"]["max"] == 9
+    assert sum(d["episode_length"]["histogram"]["counts"]) == 3 and d["attrs"]["env_id"] == "fake"
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    assert main(["validate", str(store(tmp_path / "a.zarr", [4], 0)), "--keys", "img", "state"]) == 0
+    state = np.zeros((10, 3), np.float32)
+    state[4] = np.inf
+    bad = make_store(tmp_path / "b.zarr", state=state)
+    assert main(["validate", str(bad), "--keys", "img"]) == 1
+    out = capsys.readouterr().out
+    assert "data/state: contains NaN or inf (first at row 4)" in out and "data/img: required" in out
+    assert main(["validate", str(tmp_path)]) == 1
+    assert "not a zarr store" in capsys.readouterr().out
+
+
+def test_merge_subset_split(tmp_path, capsys):
+    a, b = store(tmp_path / "a.zarr", [3, 4], 0), store(tmp_path / "b.zarr", [5], 1)
+    digests = tree_digest(a), tree_digest(b)
+    assert main(["merge", str(tmp_path / "m.zarr"), str(a), str(b)]) == 0
+    assert f"wrote {tmp_path / 'm.zarr'}" in capsys.readouterr().out
+    m = ReplayBuffer.open(tmp_path / "m.zarr")
+    np.testing.assert_array_equal(m.episode_ends, [3, 7, 12])
+    np.testing.assert_array_equal(m.get_episode(2)["img"], ReplayBuffer.open(b).get_episode(0)["img"])
+    assert main(["merge", str(tmp_path / "m.zarr"), str(a)]) == 2  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["merge", str(a), str(a), str(b)]) == 2  # never written over a source
+    assert (tree_digest(a), tree_digest(b)) == digests
+
+    assert main(["subset", str(tmp_path / "m.zarr"), str(tmp_path / "s.zarr.zip"), "--episodes", "2,0"]) == 0
+    s = ReplayBuffer.open(tmp_path / "s.zarr.zip")
+    np.testing.assert_array_equal(s.episode_lengths, [5, 3])
+    assert s.attrs["source_episodes"] == [2, 0] and s.attrs["env_id"] == "fake"
+    assert main(["subset", str(a), str(tmp_path / "x.zarr"), "--episodes", "7"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+    big = store(tmp_path / "big.zarr", [2] * 10, 3)
+    args = ["split", str(big), "--train-out", str(tmp_path / "tr.zarr"), "--val-out", str(tmp_path / "va.zarr"),
+            "--val-ratio", "0.3", "--seed", "1"]
+    assert main(args) == 0
+    tr, va = ReplayBuffer.open(tmp_path / "tr.zarr"), ReplayBuffer.open(tmp_path / "va.zarr")
+    assert (tr.n_episodes, va.n_episodes) == (7, 3)
+    assert not set(tr.attrs["source_episodes"]) & set(va.attrs["source_episodes"])
+    assert main(args) == 2
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_video(tmp_path, capsys):
+    p = store(tmp_path / "a.zarr", [3, 6], 0)
+    out = tmp_path / "ep1.mp4"
+    assert main(["video", str(p), str(out), "--episode", "1"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    frames = imageio.mimread(out)
+    assert len(frames) == 6 and frames[0].shape == (32, 32, 3)
+    src = ReplayBuffer.open(p).get_episode(1)["img"].astype(float)
+    assert np.abs(np.asarray(frames[0], float) - src[0]).mean() < 60  # lossy, but the same picture
+    assert main(["video", str(p), str(out)]) == 2
+    assert main(["video", str(p), str(tmp_path / "s.mp4"), "--key", "state"]) == 2
+    assert "not images" in capsys.readouterr().err
+
+
+def test_bad_command_line():
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
