@@ -41,7 +41,7 @@ MAX_OPENING = 0.1  # distance between finger pads when fully open (m)
 FINGER_TRAVEL = 0.048  # per-finger joint range (m)
 CUBE_XY, CUBE_YAW = 0.08, np.pi / 6  # cube reset ranges: |x|, |y| <= CUBE_XY, |yaw| <= CUBE_YAW
 EEF_START_XY, EEF_START_Z = 0.05, (0.14, 0.2)  # end-effector reset ranges
-# Observation bounds; the rim keeps the cube within |x|, |y| < 0.2 and the gantry limits it to z < 0.3.
+# Observation bounds of the cube centre: the rim and glass walls (inner faces at 0.215, ceiling at 0.32) keep it in.
 CUBE_LOW, CUBE_HIGH = np.array([-0.2, -0.2, 0.0]), np.array([0.2, 0.2, 0.3])
 
 

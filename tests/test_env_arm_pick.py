@@ -168,3 +168,16 @@ def test_reset_to_state_reproduces_a_recorded_state():
         other.reset(options={"reset_to_state": bad})
     with pytest.raises(ValueError, match=r"\(11,\)"):
         other.reset(options={"reset_to_state": recorded[:10]})
+
+
+def test_violent_actions_keep_the_cube_inside_the_observed_box():
+    env = ArmPickEnv()
+    low, high = env.observation_space.low[4:7], env.observation_space.high[4:7]
+    rng = np.random.default_rng(0)
+    for seed in range(12):
+        env.reset(seed=seed)
+        for _ in range(60):
+            env.step(rng.choice([-1.0, 1.0], size=4).astype(np.float32))  # bang-bang: shoves and flings the cube
+            cube = env.cube_pos  # raw simulator state, before the observation clip
+            assert np.all(cube >= low - 1e-3) and np.all(cube <= high + 1e-3), cube
+            assert np.all(np.isfinite(env.data.qpos))
