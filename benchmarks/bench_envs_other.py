@@ -127,14 +127,15 @@ def main() -> None:
                 f"| {env_id} | {seeding} | {res['success']:.2f} ({res['n']} eps) | {split} | {res['steps']:.1f} "
                 f"(max {res['max_steps']}) | {res['seconds']:.3f} | {pix_s if seeding == 'fresh' else '-'} |")
 
+    load = os.getloadavg()  # other processes on the machine slow every number above; record how busy it was
     command = "MUJOCO_GL=egl python " + " ".join(sys.argv)
     lines = [
         "# TwoPath and ArmPick: speed and expert quality",
         "",
         f"Command: `{command}`  ",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} CPU "
-        f"cores, mujoco {mujoco.__version__}, MUJOCO_GL={os.environ['MUJOCO_GL']}, single process (other jobs may "
-        "share the cores).",
+        f"cores, mujoco {mujoco.__version__}, MUJOCO_GL={os.environ['MUJOCO_GL']}, single process; load average at "
+        f"the end {load[0]:.2f} / {load[1]:.2f} (1 / 5 min; above ~1 other jobs shared the cores).",
         "",
         "Env steps use uniformly random actions (one control step = 10 Hz; TwoPath 20 and ArmPick 50 physics steps).",
         "Pixel steps render every camera of the task at 96x96.",

@@ -20,7 +20,8 @@ Observations (``obs_type``):
 
 Success: the cube centre is at least ``LIFT_HEIGHT`` = 8 cm above its resting height; the episode then terminates
 with reward 1.0 (0.0 on every other step). Reset draws the cube position (|x|, |y| <= 8 cm) and yaw (|yaw| <= 30
-degrees) and the start of the end-effector from the seed.
+degrees) and the start of the end-effector from the seed. ``info`` on every reset and step: ``is_success`` (bool),
+``cube_lift`` (height of the cube centre above its resting height, m).
 """
 
 from __future__ import annotations

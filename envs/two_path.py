@@ -7,7 +7,8 @@ episode took is reported in ``info["solution"]`` ("left" = x < 0, "right" = x > 
 crosses the obstacle's centre line y = 0).
 
 Action: target (x, y) of the agent in metres, ``Box([-0.25, -0.25], [0.25, 0.25])``, applied for one control period
-(10 Hz; 20 physics steps of 5 ms) — the same absolute-position convention as PushT.
+(10 Hz; 20 physics steps of 5 ms) — the same absolute-position convention as PushT (whose units are its original
+512-unit workspace; policies normalise actions, so the convention, not the unit, is what configs share).
 
 Observations (``obs_type``):
   - ``"state"``: ``(4,)`` float32 ``[agent_x, agent_y, goal_x, goal_y]``, every entry in [-0.25, 0.25];
@@ -18,6 +19,7 @@ Observations (``obs_type``):
 first state of a demo) instead of a random one.
 
 Reward: 1.0 on the step the agent is within 2 cm of the goal (success, the episode terminates), else 0.0.
+``info`` on every reset and step: ``is_success`` (bool), ``solution`` ("left" / "right" / None), ``goal_distance`` (m).
 """
 
 from __future__ import annotations
