@@ -181,3 +181,23 @@ def test_violent_actions_keep_the_cube_inside_the_observed_box():
             cube = env.cube_pos  # raw simulator state, before the observation clip
             assert np.all(cube >= low - 1e-3) and np.all(cube <= high + 1e-3), cube
             assert np.all(np.isfinite(env.data.qpos))
+
+
+def test_expert_recovers_when_the_cube_is_lost_during_the_lift():
+    env = ArmPickEnv()
+    expert = make_expert(ENV_ID, env, seed=4)
+    obs, _ = env.reset(seed=4)
+    expert.reset()
+    while expert.phase != "lift":
+        obs = env.step(expert.act(obs))[0]
+    # knock the cube out of the hand: put it back on the table elsewhere
+    cube_q = env.model.joint("cube").qposadr[0]
+    env.data.qpos[cube_q:cube_q + 7] = [-0.06, 0.07, 0.02, 1.0, 0.0, 0.0, 0.0]
+    env.data.qvel[:] = 0.0
+    phases = []
+    for _ in range(150):
+        obs, _, terminated, _, info = env.step(expert.act(obs))
+        phases.append(expert.phase)
+        if terminated:
+            break
+    assert "approach" in phases and info["is_success"]

@@ -44,7 +44,8 @@ class ArmPickExpert:
 
     def _start_phase(self, phase: str) -> None:
         self.phase, self.phase_steps = phase, 0
-        self.grip = -1.0 if phase in (APPROACH, DESCEND) else getattr(self, "grip", -1.0)
+        if phase in (APPROACH, DESCEND):
+            self.grip = -1.0  # open; closing and lifting keep the current command
 
     def _target(self, eef: np.ndarray, cube: np.ndarray) -> np.ndarray:
         """Advance the state machine and return the end-effector target ``(3,)``."""
