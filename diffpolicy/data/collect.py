@@ -1,0 +1,177 @@
+"""Demonstration collection: roll out a scripted expert in a gymnasium env, in parallel, into a replay buffer.
+
+Episode ``i`` resets the env with ``seed + i`` and seeds its expert with the same number, so an episode's content
+depends only on ``(seed, i)``. Results are consumed in episode order and collection stops at the first
+``n_episodes`` kept episodes, so the dataset is identical for any number of worker processes. Workers are spawned
+(not forked: MuJoCo GL contexts and threads do not survive a fork) and build their env once.
+
+The store is written beside its target and renamed into place at the end (:func:`~diffpolicy.data.store.atomic_store`):
+an interrupted collection leaves no dataset under the final name. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffpolicy.data.replay_buffer import ReplayBuffer
+from diffpolicy.data.store import atomic_store
+
+DEFAULT_EXPERT = "diffpolicy.envs.experts:make_expert"
+DEFAULT_IMPORTS = ("diffpolicy.envs",)
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What a worker needs to build its env and expert (plain, picklable values)."""
+
+    env_id: str
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    expert: str = DEFAULT_EXPERT  # "module:function" with signature (env_id, env, seed) -> expert
+    imports: Sequence[str] = DEFAULT_IMPORTS  # modules whose import registers env_id with gymnasium
+    record_info: Sequence[str] = ()  # final-step info keys kept per episode (e.g. TwoPath's "solution")
+
+
+@dataclass
+class Episode:
+    index: int
+    seed: int
+    success: bool
+    data: dict[str, np.ndarray]  # {key: (T, *event)}: observations before each action, and "action"
+    info: dict[str, Any]
+    control_hz: float | None
+
+
+def load_object(path: str):
+    """``"package.module:attr"`` -> the attribute."""
+    module, _, name = path.partition(":")
+    if not name:
+        raise ValueError(f"expected 'module:attribute', got {path!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+class Roller:
+    """One env + expert factory; :meth:`run` plays one seeded episode."""
+
+    def __init__(self, spec: RolloutSpec):
+        import gymnasium as gym
+
+        for module in spec.imports:
+            importlib.import_module(module)
+        self.spec = spec
+        self.env = gym.make(spec.env_id, **dict(spec.env_kwargs))
+        self.make_expert = load_object(spec.expert)
+
+    def run(self, index: int, seed: int) -> Episode:
+        obs, info = self.env.reset(seed=seed)
+        expert = self.make_expert(self.spec.env_id, self.env, seed)
+        expert.reset()
+        steps: dict[str, list] = {}
+        while True:
+            action = np.asarray(expert.act(obs), dtype=np.float32)
+            frame = obs if isinstance(obs, Mapping) else {"state": obs}
+            for key, value in frame.items():
+                steps.setdefault(key, []).append(np.asarray(value))
+            steps.setdefault("action", []).append(action)
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                break
+        kept_info = {k: _plain(info.get(k)) for k in self.spec.record_info}
+        hz = getattr(self.env.unwrapped, "control_hz", None)
+        return Episode(index, seed, bool(info.get("is_success", False)),
+                       {k: np.stack(v) for k, v in steps.items()}, kept_info, None if hz is None else float(hz))
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able form of an info value (numpy scalars to Python)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+_ROLLER: Roller | None = None
+
+
+def _init_worker(spec: RolloutSpec) -> None:
+    global _ROLLER
+    _ROLLER = Roller(spec)
+
+
+def _run_in_worker(job: tuple[int, int]) -> Episode:
+    return _ROLLER.run(*job)
+
+
+def rollouts(spec: RolloutSpec, seed: int, max_attempts: int, workers: int) -> Iterator[Episode]:
+    """Episodes ``0 .. max_attempts-1`` in order; ``workers > 1`` runs them in a spawned process pool."""
+    jobs = ((i, seed + i) for i in range(max_attempts))
+    if workers <= 1:
+        roller = Roller(spec)
+        try:
+            for job in jobs:
+                yield roller.run(*job)
+        finally:
+            roller.close()
+        return
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(spec,))
+    try:
+        yield from pool.imap(_run_in_worker, jobs, chunksize=1)
+    finally:
+        pool.terminate()  # stop the attempts still queued once enough episodes are kept (or on error)
+        pool.join()
+
+
+def collect(spec: RolloutSpec, n_episodes: int, out: str | os.PathLike, seed: int = 0, workers: int = 2,
+            keep_failed: bool = False, max_attempts: int | None = None, overwrite: bool = False,
+            attrs: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Collect ``n_episodes`` episodes (successful ones unless ``keep_failed``) into a new store at ``out``.
+
+    Tries at most ``max_attempts`` (default ``2 * n_episodes + 20``) episodes. Returns a summary with the store
+    path, attempts, kept episodes, yield and wall time; the same numbers are stored as attributes.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    max_attempts = max_attempts or 2 * n_episodes + 20
+    kept: list[Episode] = []
+    attempted = 0
+    t0 = time.perf_counter()
+    with atomic_store(out, overwrite) as tmp:  # refuses an existing `out` before any work
+        rb = None
+        bar = tqdm(total=n_episodes, desc=f"collect {spec.env_id}", unit="demo", disable=not progress)
+        for ep in rollouts(spec, seed, max_attempts, workers):
+            attempted += 1
+            if ep.success or keep_failed:
+                if rb is None:
+                    rb = ReplayBuffer.create(tmp)
+                rb.append_episode(ep.data)
+                kept.append(ep)
+                bar.update()
+            bar.set_postfix(attempted=attempted, yield_=f"{len(kept) / attempted:.0%}")
+            if len(kept) == n_episodes:
+                break
+        bar.close()
+        if not kept:
+            raise RuntimeError(f"collect {spec.env_id}: no episode kept out of {attempted} attempts "
+                               f"(none succeeded); nothing written to {out}")
+        seconds = time.perf_counter() - t0
+        summary = {
+            "env_id": spec.env_id, "env_kwargs": dict(spec.env_kwargs), "obs_type": spec.env_kwargs.get("obs_type"),
+            "expert": spec.expert, "seed": seed, "control_hz": kept[0].control_hz, "n_requested": n_episodes,
+            "n_attempted": attempted, "n_kept": len(kept), "n_successful": sum(e.success for e in kept),
+            "keep_failed": keep_failed, "yield": len(kept) / attempted,
+            "episode_seeds": [e.seed for e in kept], "episode_success": [e.success for e in kept],
+            "episode_info": [e.info for e in kept] if spec.record_info else [],
+            "collect_seconds": seconds, "workers": workers, "created_by": "diffpolicy-collect",
+        }
+        rb.update_attrs(**summary, **dict(attrs or {}))
+    summary["path"] = str(Path(out).absolute())
+    return summary
+
