@@ -1,0 +1,120 @@
+"""diffpolicy-train: from a zarr demo dataset to a trained, evaluated policy.
+
+    diffpolicy-train task=pusht policy=unet_ddpm training=cpu
+    diffpolicy-train resume=true run_dir=runs/pusht/unet_ddpm_...   # continue an interrupted run
+
+If the task's dataset is missing, it is collected first with the task's scripted expert. Outputs (checkpoints,
+tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.dataset import WindowDataset
+from ..policy.factory import build_policy
+from ..policy.rollout import evaluate, plot_summary
+from ..training.loop import TrainConfig, distributed_context, pick_device, train
+
+
+def ensure_dataset(task: dict) -> str:
+    """The task's dataset path, collecting it with the scripted expert when it does not exist yet."""
+    path = Path(task["dataset"])
+    if not path.exists():
+        from .collect import collect_dataset
+
+        print(f"dataset {path} not found: collecting {task['n_demos']} demos of {task['env_id']} with its expert")
+        collect_dataset(task, n_episodes=task["n_demos"], out=str(path))
+    return str(path)
+
+
+def run(cfg: dict) -> dict:
+    rank, _ = distributed_context()
+    task, pcfg, tcfg = cfg["task"], cfg["policy"], dict(cfg["training"])
+    run_dir = Path(cfg["run_dir"])
+    device = pick_device(cfg.get("device", "auto"))
+    if rank == 0:
+        print(f"run directory: {run_dir.resolve()}")
+    dataset_path = ensure_dataset(task) if rank == 0 else task["dataset"]
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # other ranks wait for rank 0's collection
+    geometry = dict(horizon=pcfg["horizon"], n_obs_steps=pcfg["n_obs_steps"], n_action_steps=pcfg["n_action_steps"])
+    data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
+                         val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
+                         max_train_episodes=tcfg.pop("max_train_episodes", None),
+                         crop_shape=task.get("crop_shape"), **geometry)
+    lowdim = [k for k in task["obs_keys"] if k not in data.image_keys]
+    normalizer = data.normalizer({k: "minmax" for k in [*lowdim, data.action_key]})
+    probe = data.sample_batch([0], seed=0)
+    shapes = {"obs": {k: list(v.shape[2:]) for k, v in probe["obs"].items()}, "action_dim": probe["action"].shape[-1]}
+    policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
+    config = {**cfg, "task": {**task, "image_keys": list(data.image_keys)}, "shapes": shapes}
+    eval_cfg = tcfg.pop("eval", {})
+    train_cfg = TrainConfig(**{k: v for k, v in tcfg.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    if rank == 0:
+        n_params = sum(p.numel() for p in policy.parameters())
+        print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
+              f"{len(data)} training windows")
+
+    def batch_fn(step: int, g: torch.Generator) -> dict:
+        idx = torch.randint(0, len(data), (train_cfg.batch_size,), generator=g, device=g.device).cpu().numpy()
+        batch = data.sample_batch(idx, seed=int(torch.randint(0, 2**62, (), generator=g, device=g.device)))
+        return {"obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
+                "action": batch["action"].to(device, non_blocking=True)}
+
+    val = data.validation() if data.val_mask.any() else None
+
+    def validate(model) -> float:
+        with torch.no_grad():
+            losses = []
+            for i in range(4):
+                g = torch.Generator(device=device).manual_seed(10_000 + i)
+                b = val.sample_batch(torch.randint(0, len(val), (64,), generator=g, device=device).cpu().numpy(), seed=i)
+                b = {"obs": {k: v.to(device) for k, v in b["obs"].items()}, "action": b["action"].to(device)}
+                losses.append(float(model(b, g)))
+            return sum(losses) / len(losses)
+
+    def rollouts(model, step: int, video_episodes: int = 0, out: Path | None = None) -> dict:
+        return evaluate(model, task["env_id"], task.get("env_kwargs", {}), task["obs_keys"], data.image_keys,
+                        task.get("crop_shape"), n_episodes=eval_cfg.get("n_episodes", 50),
+                        n_envs=eval_cfg.get("n_envs", 10), video_episodes=video_episodes,
+                        video_dir=out, device=device)
+
+    def periodic_eval(model, step: int) -> dict:
+        s = rollouts(model, step)
+        return {"success_rate": s["success_rate"], "mean_max_reward": s["mean_max_reward"]}
+
+    ema = train(policy, batch_fn, train_cfg, run_dir, config, resume=bool(cfg.get("resume")),
+                evaluate=periodic_eval if train_cfg.eval_every else None, validate=validate if val else None,
+                device=device)
+    if rank != 0:
+        return {}
+    out = run_dir / "eval"
+    summary = rollouts(ema.model.eval(), train_cfg.steps, eval_cfg.get("video_episodes", 0), out / "videos")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_summary(summary, out / "summary.png", f"{task['env_id']} {pcfg['name']} ({summary['n_episodes']} episodes)")
+    lo, hi = summary["success_ci95"]
+    print(f"success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), mean max reward "
+          f"{summary['mean_max_reward']:.3f} over {summary['n_episodes']} episodes")
+    print(f"wrote checkpoints, tensorboard logs and evaluation to {run_dir.resolve()}")
+    return summary
+
+
+@hydra.main(config_path="pkg://diffpolicy.configs", config_name="train", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    run(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""What every policy shares: normalisation, observation encoding, chunk geometry, and the prediction interface.
+
+Observations come in as ``{key: (B, To, ...)}`` in dataset units (images float ``(B, To, C, H, W)`` in [0, 1],
+already cropped); actions come out as ``(B, n_action_steps, Da)`` in dataset units. The first executed action of a
+chunk is the one aligned with the newest observation (index ``n_obs_steps - 1`` of the predicted horizon).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..core.normalize import Normalizer
+from ..nets.encoders import ObservationEncoder
+
+
+class Policy(nn.Module):
+    def __init__(self, normalizer: Normalizer, encoder: ObservationEncoder, action_dim: int, horizon: int,
+                 n_obs_steps: int, n_action_steps: int, action_key: str = "action"):
+        super().__init__()
+        if n_obs_steps - 1 + n_action_steps > horizon:
+            raise ValueError(f"n_obs_steps ({n_obs_steps}) - 1 + n_action_steps ({n_action_steps}) exceeds the "
+                             f"horizon ({horizon}): the executed actions must lie inside the predicted chunk")
+        self.normalizer, self.encoder = normalizer, encoder
+        self.action_dim, self.horizon = action_dim, horizon
+        self.n_obs_steps, self.n_action_steps, self.action_key = n_obs_steps, n_action_steps, action_key
+
+    def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalise low-dim keys and encode everything: ``{key: (B, To, ...)}`` -> ``(B, To * F)``."""
+        normed = {k: (v if k in self.encoder.image_keys else self.normalizer.normalize(k, v)) for k, v in obs.items()
+                  if k in self.encoder.keys}
+        return self.encoder(normed)
+
+    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss of a batch ``{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}``."""
+        cond = self.encode({k: v[:, : self.n_obs_steps] for k, v in batch["obs"].items()})
+        return self.loss(cond, self.normalizer.normalize(self.action_key, batch["action"]), generator)
+
+    def loss(self, cond: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_chunk(self, cond: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+        """Normalised action chunk ``(B, T, Da)`` for a condition ``(B, To * F)``."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+                       **kwargs) -> dict[str, torch.Tensor]:
+        """``{"action": (B, Na, Da), "action_pred": (B, T, Da)}`` in dataset units; ``kwargs`` go to the sampler."""
+        chunk = self.normalizer.unnormalize(self.action_key, self.predict_chunk(self.encode(obs), generator, **kwargs))
+        start = self.n_obs_steps - 1
+        return {"action": chunk[:, start: start + self.n_action_steps], "action_pred": chunk}

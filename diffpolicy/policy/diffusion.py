@@ -1,0 +1,35 @@
+"""Diffusion / flow-matching policy: observation encoder + conditional 1D U-Net + objective.
+
+The sampler and its step count are chosen at prediction time (``predict_action(obs, sampler="ddim", steps=4)``),
+not stored in the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.objectives import Objective
+from ..core.samplers import sample
+from ..nets.unet1d import ConditionalUnet1D
+from .base import Policy
+
+
+class DiffusionPolicy(Policy):
+    def __init__(self, normalizer, encoder, objective: Objective, net: ConditionalUnet1D, action_dim: int,
+                 horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8, sampler: str = "ddim",
+                 steps: int = 16, action_key: str = "action"):
+        super().__init__(normalizer, encoder, action_dim, horizon, n_obs_steps, n_action_steps, action_key)
+        net.check_horizon(horizon)
+        self.objective, self.net = objective, net
+        self.sampler, self.steps = sampler, steps
+
+    def loss(self, cond, action, generator):
+        return self.objective.loss(self.net, action, cond, generator=generator)
+
+    def predict_chunk(self, cond, generator=None, sampler: str | None = None, steps: int | None = None,
+                      mask: torch.Tensor | None = None, known: torch.Tensor | None = None, **sampler_kwargs):
+        """Sample a normalised chunk ``(B, T, Da)``; ``mask``/``known`` (normalised units) hold entries fixed."""
+        noise = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator,
+                            device=cond.device, dtype=cond.dtype)
+        return sample(self.objective, self.net.conditioned(cond), noise, None, sampler=sampler or self.sampler,
+                      steps=steps or self.steps, mask=mask, known=known, generator=generator, **sampler_kwargs)

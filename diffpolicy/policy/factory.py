@@ -1,0 +1,80 @@
+"""Build policies from configuration dictionaries and load them back from checkpoints (no unpickling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..core.normalize import Normalizer
+from ..core.objectives import DDPM, FlowMatching, Objective
+from ..nets.encoders import ObservationEncoder
+from ..nets.unet1d import ConditionalUnet1D
+from ..training.checkpoint import load_config, load_tensors, resolve_checkpoint
+from .base import Policy
+from .diffusion import DiffusionPolicy
+from .mlp_bc import MLPBCPolicy
+
+
+def make_objective(cfg: Mapping[str, Any]) -> Objective:
+    """``{"type": "ddpm" | "flow", ...constructor keywords}`` -> objective."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind == "ddpm":
+        return DDPM(**cfg)
+    if kind == "flow":
+        return FlowMatching(**cfg)
+    raise ValueError(f"objective type must be 'ddpm' or 'flow', got {kind!r}")
+
+
+def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Mapping[str, Sequence[int]],
+                 image_keys: Sequence[str], action_dim: int) -> Policy:
+    """A policy from its config (the ``policy`` group), the fitted normaliser and the data's shapes.
+
+    ``obs_shapes`` are per-step event shapes as the encoder sees them (images ``(C, h, w)`` after cropping).
+    """
+    enc = cfg.get("encoder", {})
+    encoder = ObservationEncoder(obs_shapes, image_keys, cfg["n_obs_steps"], enc.get("image_width", 64),
+                                 enc.get("image_features", 64))
+    geometry = dict(action_dim=action_dim, horizon=cfg["horizon"], n_obs_steps=cfg["n_obs_steps"],
+                    n_action_steps=cfg["n_action_steps"])
+    if cfg["type"] == "diffusion":
+        u = cfg.get("unet", {})
+        net = ConditionalUnet1D(action_dim, encoder.out_dim, 0, u.get("down_dims", (256, 512, 1024)),
+                                u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256))
+        return DiffusionPolicy(normalizer, encoder, make_objective(cfg["objective"]), net, sampler=cfg["sampler"],
+                               steps=cfg["steps"], **geometry)
+    if cfg["type"] == "mlp_bc":
+        return MLPBCPolicy(normalizer, encoder, hidden=cfg.get("hidden", (512, 512, 512)), **geometry)
+    raise ValueError(f"policy type must be 'diffusion' or 'mlp_bc', got {cfg['type']!r}")
+
+
+def load_policy(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
+                expect_task: str | None = None) -> tuple[Policy, dict]:
+    """Load ``(policy, config)`` from a checkpoint directory, a checkpoints root or a run directory.
+
+    Only safetensors and YAML are read. ``expect_task`` (an env id) guards against evaluating a policy on a task it
+    was not trained for.
+    """
+    ckpt = resolve_checkpoint(path)
+    config = load_config(ckpt)
+    for key in ("policy", "task", "shapes"):
+        if key not in config:
+            raise ValueError(f"{ckpt}/config.yaml has no '{key}' section: not a diffpolicy policy checkpoint")
+    if expect_task is not None and config["task"]["env_id"] != expect_task:
+        raise ValueError(f"checkpoint {ckpt} was trained on {config['task']['env_id']!r}, not {expect_task!r}")
+    state = load_tensors(ckpt, "ema" if use_ema else "model", device)
+    norm = Normalizer.from_state_dict({k[len("normalizer."):]: v for k, v in state.items()
+                                       if k.startswith("normalizer.")})
+    shapes = config["shapes"]
+    policy = build_policy(config["policy"], norm, {k: tuple(v) for k, v in shapes["obs"].items()},
+                          config["task"].get("image_keys", []), shapes["action_dim"])
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint {ckpt} does not match its config: {str(e).splitlines()[1].strip()}") from None
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {ckpt} does not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return policy.to(device).eval(), config

@@ -1,0 +1,171 @@
+"""Closed-loop evaluation: run a policy in a gymnasium task over seeded episodes, batched across environments.
+
+Each environment keeps its own observation history (padded by repeating the first observation) and action queue;
+all environments whose queue ran out are replanned together in one batched ``predict_action`` call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.augment import center_crop, to_float_chw
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class ObsAdapter:
+    """Env ``Dict`` observations -> policy tensors ``{key: (B, To, ...)}`` (images cropped, float in [0, 1])."""
+
+    def __init__(self, obs_keys: Sequence[str], image_keys: Sequence[str], crop_shape: Sequence[int] | None):
+        self.obs_keys, self.image_keys = list(obs_keys), set(image_keys)
+        self.crop = tuple(crop_shape) if crop_shape else None
+
+    def step_obs(self, obs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k in self.obs_keys:
+            if k not in obs:
+                raise KeyError(f"the environment's observation has no key {k!r} (has {sorted(obs)}); the policy "
+                               f"was trained on {self.obs_keys}")
+            if k in self.image_keys:
+                img = to_float_chw(np.asarray(obs[k]))
+                out[k] = center_crop(img, self.crop) if self.crop else img
+            else:
+                out[k] = torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32)
+        return out
+
+    @staticmethod
+    def stack(histories: Sequence[deque]) -> dict[str, torch.Tensor]:
+        keys = histories[0][0].keys()
+        return {k: torch.stack([torch.stack([h[k] for h in hist]) for hist in histories]) for k in keys}
+
+
+def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Sequence[str], image_keys: Sequence[str],
+             crop_shape=None, n_episodes: int = 50, seed: int = 100_000, n_envs: int = 8, video_episodes: int = 0,
+             video_dir: str | Path | None = None, device="cpu", progress: bool = True, **predict_kwargs) -> dict:
+    """Success rate (95% CI), rewards and per-episode records of ``policy`` over ``n_episodes`` seeded episodes.
+
+    Episode ``i`` resets with seed ``seed + i``; the policy's sampling noise comes from one generator seeded with
+    ``seed``, so a run is reproducible for a given ``n_envs`` (which sets the batching). The first
+    ``video_episodes`` episodes are saved as mp4.
+    """
+    import diffpolicy.envs  # noqa: F401  (registers our tasks)
+
+    adapter = ObsAdapter(obs_keys, image_keys, crop_shape)
+    To = policy.n_obs_steps
+    n_envs = max(1, min(n_envs, n_episodes))
+    envs = [gym.make(env_id, render_mode="rgb_array" if video_episodes else None, **env_kwargs) for _ in range(n_envs)]
+    fps = getattr(envs[0].unwrapped, "control_hz", envs[0].metadata.get("render_fps", 10))
+    results: list[dict | None] = [None] * n_episodes
+    next_ep = 0
+    slots: list[dict | None] = [None] * n_envs
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bar = tqdm(total=n_episodes, desc=f"eval {env_id}", disable=not progress, dynamic_ncols=True)
+
+    def start(i: int) -> None:
+        nonlocal next_ep
+        if next_ep >= n_episodes:
+            slots[i] = None
+            return
+        ep, next_ep = next_ep, next_ep + 1
+        obs, _ = envs[i].reset(seed=seed + ep)
+        first = adapter.step_obs(obs)
+        slots[i] = {"ep": ep, "hist": deque([first] * To, maxlen=To), "queue": deque(), "rewards": [],
+                    "success": False, "info": {},
+                    "frames": [envs[i].render()] if ep < video_episodes else None}
+
+    for i in range(n_envs):
+        start(i)
+    while any(s is not None for s in slots):
+        need = [i for i, s in enumerate(slots) if s is not None and not s["queue"]]
+        if need:
+            obs = {k: v.to(device) for k, v in adapter.stack([slots[i]["hist"] for i in need]).items()}
+            actions = policy.predict_action(obs, generator=gen, **predict_kwargs)["action"]
+            for row, i in enumerate(need):
+                slots[i]["queue"].extend(actions[row].float().cpu().numpy())
+        for i, s in enumerate(slots):
+            if s is None:
+                continue
+            obs, reward, terminated, truncated, info = envs[i].step(s["queue"].popleft())
+            s["hist"].append(adapter.step_obs(obs))
+            s["rewards"].append(float(reward))
+            s["success"] |= bool(info.get("is_success", False))
+            s["info"] = info
+            if s["frames"] is not None:
+                s["frames"].append(envs[i].render())
+            if terminated or truncated:
+                results[s["ep"]] = _record(s, seed)
+                if s["frames"] is not None and video_dir is not None:
+                    _write_video(Path(video_dir) / f"episode_{s['ep']:03d}.mp4", s["frames"], fps)
+                bar.update(1)
+                start(i)
+    bar.close()
+    for e in envs:
+        e.close()
+    return summarize(results)
+
+
+def _record(slot: dict, seed: int) -> dict:
+    rec = {"episode": slot["ep"], "seed": seed + slot["ep"], "success": slot["success"],
+           "max_reward": max(slot["rewards"]), "final_reward": slot["rewards"][-1], "length": len(slot["rewards"])}
+    if "solution" in slot["info"]:
+        rec["solution"] = slot["info"]["solution"]
+    return rec
+
+
+def summarize(episodes: list[dict]) -> dict:
+    n = len(episodes)
+    k = sum(e["success"] for e in episodes)
+    lo, hi = wilson_interval(k, n)
+    out = {"n_episodes": n, "success_rate": k / n, "success_ci95": [lo, hi],
+           "mean_max_reward": float(np.mean([e["max_reward"] for e in episodes])),
+           "mean_final_reward": float(np.mean([e["final_reward"] for e in episodes])), "episodes": episodes}
+    sols = [e.get("solution") for e in episodes if e["success"] and e.get("solution") is not None]
+    if sols:
+        out["solution_split"] = {s: sols.count(s) / len(sols) for s in sorted(set(map(str, sols)))}
+    return out
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+
+
+def plot_summary(summary: dict, path: str | Path, title: str = "") -> None:
+    """PNG with the success rate (and CI) and the per-episode max reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = summary["episodes"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), gridspec_kw={"width_ratios": [1, 4]})
+    lo, hi = summary["success_ci95"]
+    ax[0].bar([0], [summary["success_rate"]], yerr=[[summary["success_rate"] - lo], [hi - summary["success_rate"]]],
+              color="tab:green", capsize=6)
+    ax[0].set(xticks=[], ylim=(0, 1), title=f"success {summary['success_rate']:.2f}")
+    colors = ["tab:green" if e["success"] else "tab:red" for e in eps]
+    ax[1].bar([e["episode"] for e in eps], [e["max_reward"] for e in eps], color=colors)
+    ax[1].set(xlabel="episode", ylabel="max reward", ylim=(0, 1.05),
+              title=f"mean max reward {summary['mean_max_reward']:.3f} (green: success)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
