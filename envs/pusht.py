@@ -12,7 +12,7 @@ Kept from the original:
   - initial state: agent x, y uniform integers in [50, 450), block x, y in [100, 400), angle uniform in [-pi, pi);
   - coverage = area(block ∩ goal) / area(goal), success when coverage >= 0.95, episode terminates on success.
 Differences (and why):
-  - physics: MuJoCo soft contacts instead of pymunk. The original's kinematic agent becomes a heavy (100x the
+  - physics: MuJoCo soft contacts instead of pymunk. The original's kinematic agent becomes a heavy (10x the
     block) sphere driven by a position actuator with the same per-unit-mass gains; the original's zero space
     damping (all velocity removed every step, i.e. quasi-static pushing) becomes joint damping of 100/s times the
     block's mass and inertia. The agent does not collide with the walls (kinematic in the original); the block does.
