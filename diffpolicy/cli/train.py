@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data.dataset import WindowDataset
 from ..policy.factory import build_policy
 from ..policy.rollout import evaluate, plot_summary
+from ..training.batches import StepBatches
 from ..training.loop import TrainConfig, distributed_context, pick_device, train
 
 
@@ -56,18 +57,14 @@ def run(cfg: dict) -> dict:
     policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
     config = {**cfg, "task": {**task, "image_keys": list(data.image_keys)}, "shapes": shapes}
     eval_cfg = tcfg.pop("eval", {})
+    num_workers = tcfg.pop("num_workers", 0)
     train_cfg = TrainConfig(**{k: v for k, v in tcfg.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     if rank == 0:
         n_params = sum(p.numel() for p in policy.parameters())
         print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
               f"{len(data)} training windows")
 
-    def batch_fn(step: int, g: torch.Generator) -> dict:
-        idx = torch.randint(0, len(data), (train_cfg.batch_size,), generator=g, device=g.device).cpu().numpy()
-        batch = data.sample_batch(idx, seed=int(torch.randint(0, 2**62, (), generator=g, device=g.device)))
-        return {"obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
-                "action": batch["action"].to(device, non_blocking=True)}
-
+    batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
     val = data.validation() if data.val_mask.any() else None
 
     def validate(model) -> float:
