@@ -105,8 +105,11 @@ def test_dataloader_reproducible_across_worker_counts(store):
     ds = WindowDataset(store, ["img", "state"], horizon=8, n_obs_steps=2, n_action_steps=4, crop_shape=(16, 16))
     ref = batches(make_dataloader(ds, 16, num_workers=0, seed=4), 3)
     two = batches(make_dataloader(ds, 16, num_workers=2, seed=4), 3)
-    for a, b in zip(ref, two):
-        assert torch.equal(a["obs"]["img"], b["obs"]["img"]) and torch.equal(a["action"], b["action"])
+    torch_zero = batches(make_dataloader(ds, 16, num_workers=0, seed=4, torch_loader=True), 3)
+    assert isinstance(make_dataloader(ds, 16, num_workers=1), torch.utils.data.DataLoader)
+    for a, b, c in zip(ref, two, torch_zero):
+        for other in (b, c):
+            assert torch.equal(a["obs"]["img"], other["obs"]["img"]) and torch.equal(a["action"], other["action"])
     other = batches(make_dataloader(ds, 16, num_workers=0, seed=5), 1)[0]
     assert not torch.equal(other["action"], ref[0]["action"])
 
@@ -114,6 +117,7 @@ def test_dataloader_reproducible_across_worker_counts(store):
 def test_dataloader_epochs_cover_every_window_once(store):
     ds = WindowDataset(store, ["state"], horizon=8, n_obs_steps=2, n_action_steps=4)
     loader = make_dataloader(ds, 10, drop_last=False, seed=0)
+    assert len(loader) == -(-len(ds) // 10)
     all_rows = ds.sample_batch(np.arange(len(ds)))["action"].reshape(len(ds), -1)
     epochs = []
     for _ in range(2):

@@ -2,13 +2,15 @@
 
 Stored images are channel-last ``(N, H, W, C)``, ``uint8`` (or float in [0, 255], as in Diffusion Policy's Push-T
 store). Cropping while gathering reads only the kept pixels, and one crop offset is shared by the ``To`` frames
-of a window so the observation history stays spatially consistent.
+of a window so the observation history stays spatially consistent (the policy applies :func:`center_crop` to
+run-time observations, matching eval).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from diffpolicy.data.cache import ChunkCachedArray
 
@@ -27,22 +29,28 @@ def crop_offsets(n: int, in_hw: tuple[int, int], out_hw: tuple[int, int],
 def gather_cropped(images: np.ndarray | ChunkCachedArray, rows: np.ndarray, out_hw: tuple[int, int],
                    offsets: np.ndarray) -> np.ndarray:
     """Crops of ``images`` ``(N, H, W, C)`` at ``rows`` ``(B, To)`` with per-window ``offsets`` ``(B, 2)``
-    -> ``(B, To, h, w, C)`` in the stored dtype."""
+    -> channel-first ``(B, To, C, h, w)`` in the stored dtype.
+
+    A sliding-window view exposes every crop as one element of a ``(..., H-h+1, W-w+1, C, h, w)`` view, so the
+    gather is a single advanced index copying whole ``(C, h, w)`` blocks (per-pixel index arrays are ~100x slower).
+    """
     ch, cw = out_hw
-    r = offsets[:, 0, None] + np.arange(ch)  # (B, h)
-    c = offsets[:, 1, None] + np.arange(cw)  # (B, w)
+    top, left = offsets[:, 0, None], offsets[:, 1, None]  # (B, 1): broadcast over the To frames of a window
     if isinstance(images, np.ndarray):
-        return images[rows[:, :, None, None], r[:, None, :, None], c[:, None, None, :]]
+        return sliding_window_view(images, (ch, cw), axis=(1, 2))[rows, top, left]
     frames = images.take(rows)  # (B, To, H, W, C): whole frames from cached chunks, then crop
-    b = np.arange(len(rows))[:, None, None, None]
-    t = np.arange(rows.shape[1])[None, :, None, None]
-    return frames[b, t, r[:, None, :, None], c[:, None, None, :]]
+    view = sliding_window_view(frames, (ch, cw), axis=(2, 3))
+    return view[np.arange(len(rows))[:, None], np.arange(rows.shape[1])[None, :], top, left]
+
+
+def to_float(images_chw: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Channel-first ``uint8`` (or float in [0, 255]) images -> float32 in [0, 1], same shape."""
+    return torch.as_tensor(images_chw).to(torch.float32).div_(255.0)
 
 
 def to_float_chw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``(..., H, W, C)`` uint8 or float in [0, 255] -> float32 ``(..., C, H, W)`` in [0, 1]."""
-    x = torch.as_tensor(images)
-    return x.movedim(-1, -3).to(torch.float32).div_(255.0).contiguous()
+    """``(..., H, W, C)`` uint8 or float in [0, 255] -> float32 ``(..., C, H, W)`` in [0, 1] (e.g. env frames)."""
+    return to_float(torch.as_tensor(images).movedim(-1, -3).contiguous())
 
 
 def center_crop(images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:

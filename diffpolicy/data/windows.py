@@ -7,8 +7,9 @@ step of an episode is the current observation of some window, and the executed a
 ``n_obs_steps - 1 .. n_obs_steps + n_action_steps - 2``) are always real. Paddings are clamped to
 ``[0, horizon - 1]``; an episode too short to hold one window contributes none.
 
-Edge repetition is the same as clamping the step index into the episode, so the rows of a batch of windows are
-``clip(start + arange(horizon), first, last)``: one numpy expression, no Python per window.
+Edge repetition is the same as clamping the step index into the episode, so the rows of every window are
+``clip(start + arange(horizon), first, last)``. That table ``(N, horizon)`` is computed once; a batch of windows
+is then one ``np.take`` of table rows and one ``np.take`` per key, with no Python per window.
 """
 
 from __future__ import annotations
@@ -71,16 +72,16 @@ class WindowIndex:
         self.start = starts[self.episode] + relative
         self.first = starts[self.episode]
         self.last = ends[self.episode] - 1
+        self.table = np.clip(self.start[:, None] + np.arange(horizon), self.first[:, None], self.last[:, None])
 
     def __len__(self) -> int:
         return len(self.start)
 
     def rows(self, windows: np.ndarray, length: int | None = None) -> np.ndarray:
         """Global rows ``(B, length)`` of the first ``length`` (default ``horizon``) steps of ``windows`` ``(B,)``,
-        edge-padded by clamping into each window's episode."""
-        w = np.asarray(windows, dtype=np.int64)
-        steps = np.arange(self.horizon if length is None else length, dtype=np.int64)
-        return np.clip(self.start[w, None] + steps, self.first[w, None], self.last[w, None])
+        edge-padded by clamping into each window's episode. Out-of-range window ids raise ``IndexError``."""
+        rows = self.table.take(np.asarray(windows, dtype=np.int64), axis=0)
+        return rows if length is None else rows[:, :length]
 
 
 def split_episodes(n_episodes: int, val_ratio: float, seed: int,

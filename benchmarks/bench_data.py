@@ -1,0 +1,175 @@
+"""Dataset-layer throughput: training windows/s through the DataLoader vs plain numpy gathers, and zarr load time.
+
+    python benchmarks/bench_data.py [--steps 25000] [--batch-size 256] [--image-batch-size 64] [--workers 0 1 2]
+
+Builds a state store (state (5,), action (2,)) and a 96x96 image store (img uint8, agent_pos (2,), action (2,)) of
+``--steps`` steps each in a temporary directory (episodes of 150-250 steps), then measures:
+  - load: ``WindowDataset`` construction (open + whole-array zarr reads + index tables), best of 3;
+  - baseline: windows/s of the same window ids gathered with plain numpy (``np.take`` of a precomputed
+    (N, horizon) row table, then ``np.take`` per key; ~10x faster than ``arr[rows]``) from in-memory arrays
+    (no crop, no float conversion, no torch, no DataLoader);
+  - direct: windows/s of ``WindowDataset.sample_batch`` called in a loop (the training loop's 0-worker path);
+  - loader: windows/s through ``make_dataloader`` for each worker count (workers=0: the in-process loader, and
+    also torch's DataLoader with 0 workers; workers>0: torch DataLoader over batched ``sample_batch``); image
+    windows get 84x84 random crops and float (C, H, W) conversion in every path;
+  - per-item: the plain ``Dataset.__getitem__`` + default collate path with 0 workers, for comparison.
+Window geometry is Diffusion Policy's Push-T setting: horizon 16, 2 observation steps, 8 action steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffpolicy.data.dataset import WindowDataset
+from diffpolicy.data.loader import make_dataloader
+from diffpolicy.data.replay_buffer import ReplayBuffer
+from diffpolicy.data.windows import WindowIndex
+
+HORIZON, N_OBS, N_ACT = 16, 2, 8
+
+
+def build(path: Path, steps: int, image: bool, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    rb = ReplayBuffer.create(path)
+    done = 0
+    while done < steps:
+        n = int(min(rng.integers(150, 251), steps - done))
+        ep = {"action": rng.normal(size=(n, 2)).astype(np.float32)}
+        if image:
+            ep["agent_pos"] = rng.normal(size=(n, 2)).astype(np.float32)
+            # smooth-ish content so compression behaves like rendered frames, not like noise
+            base = rng.integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
+            ep["img"] = np.repeat(base, n, axis=0) // 2 + rng.integers(0, 8, (n, 96, 96, 3), dtype=np.uint8)
+        else:
+            ep["state"] = rng.normal(size=(n, 5)).astype(np.float32)
+        rb.append_episode(ep)
+        done += n
+
+
+REPEATS = 3  # every rate is the best of this many runs: the machine is shared, contention only slows runs down
+
+
+def loader_rate(ds: WindowDataset, batch_size: int, workers: int, n_batches: int, torch_loader: bool = False) -> float:
+    loader = make_dataloader(ds, batch_size, num_workers=workers, seed=0, torch_loader=torch_loader)
+    it = iter(loader)
+    next(it)  # start workers / warm caches outside the timing
+    best = 0.0
+    for _ in range(REPEATS):
+        t0, seen = time.perf_counter(), 0
+        while seen < n_batches:
+            try:
+                next(it)
+            except StopIteration:
+                it = iter(loader)
+                continue
+            seen += 1
+        best = max(best, seen * batch_size / (time.perf_counter() - t0))
+    del it, loader
+    return best
+
+
+def direct_rate(ds: WindowDataset, batch_size: int, n_batches: int) -> float:
+    rng = np.random.default_rng(0)
+    requests = [(rng.permutation(len(ds))[:batch_size], int(rng.integers(2**62))) for _ in range(8)]
+    best = 0.0
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for b in range(n_batches):
+            ds.sample_batch(*requests[b % 8])
+        best = max(best, n_batches * batch_size / (time.perf_counter() - t0))
+    return best
+
+
+def per_item_rate(ds: WindowDataset, batch_size: int, n_batches: int) -> float:
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True)
+    t0, seen = time.perf_counter(), 0
+    for _ in loader:
+        seen += 1
+        if seen == n_batches:
+            break
+    return seen * batch_size / (time.perf_counter() - t0)
+
+
+def numpy_rate(arrays: dict[str, np.ndarray], obs_keys: list[str], ends: np.ndarray, batch_size: int,
+               n_batches: int) -> float:
+    idx = WindowIndex(ends, HORIZON, N_OBS - 1, N_ACT - 1)
+    table = np.clip(idx.start[:, None] + np.arange(HORIZON), idx.first[:, None], idx.last[:, None])
+    order = np.random.default_rng(0).permutation(len(idx))
+    nb = len(idx) // batch_size
+    best = 0.0
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for b in range(n_batches):
+            w = order[(b % nb) * batch_size:((b % nb) + 1) * batch_size]
+            rows = table.take(w, axis=0)
+            for k in obs_keys:
+                arrays[k].take(rows[:, :N_OBS], axis=0)
+            arrays["action"].take(rows, axis=0)
+        best = max(best, n_batches * batch_size / (time.perf_counter() - t0))
+    return best
+
+
+def best_of(fn, n=3):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=25_000)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--image-batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--state-batches", type=int, default=400)
+    p.add_argument("--image-batches", type=int, default=60)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, image in (("state", False), ("image 96x96", True)):
+            path = Path(tmp) / f"{name.split()[0]}.zarr"
+            t0 = time.perf_counter()
+            build(path, args.steps, image)
+            build_s = time.perf_counter() - t0
+            obs_keys = ["img", "agent_pos"] if image else ["state"]
+            crop = (84, 84) if image else None
+            sizes = [args.image_batch_size] if image else args.batch_size
+            nb = args.image_batches if image else args.state_batches
+            load_s, ds = best_of(lambda: WindowDataset(path, obs_keys, horizon=HORIZON, n_obs_steps=N_OBS,
+                                                       n_action_steps=N_ACT, crop_shape=crop))
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"\n== {name}: {ds.buffer.n_steps} steps, {ds.buffer.n_episodes} episodes, {len(ds)} windows, "
+                  f"store {size / 2**20:.1f} MiB (written in {build_s:.1f} s)")
+            print(f"load (open + read arrays + index tables), best of 3: {load_s * 1e3:.0f} ms")
+            arrays = {k: ds.arrays[k] for k in [*obs_keys, "action"]}
+            for bs in sizes:
+                base = numpy_rate(arrays, obs_keys, ds.buffer.episode_ends, bs, nb)
+                print(f"plain numpy gather, batch {bs}: {base:,.0f} windows/s")
+                rate = direct_rate(ds, bs, nb)
+                print(f"direct sample_batch, batch {bs}: {rate:,.0f} windows/s  (numpy/direct = {base / rate:.2f}x)")
+                for w in args.workers:
+                    rate = loader_rate(ds, bs, w, nb)
+                    kind = "InProcessLoader" if w == 0 else "torch DataLoader"
+                    print(f"make_dataloader workers={w} ({kind}), batch {bs}: {rate:,.0f} windows/s  "
+                          f"(numpy/loader = {base / rate:.2f}x)")
+                    if w == 0:
+                        rate = loader_rate(ds, bs, 0, nb, torch_loader=True)
+                        print(f"make_dataloader workers=0 torch_loader=True, batch {bs}: {rate:,.0f} windows/s  "
+                              f"(numpy/loader = {base / rate:.2f}x)")
+            bs = sizes[0]
+            rate = per_item_rate(ds, bs, max(5, nb // 10))
+            print(f"per-item Dataset + default collate, workers=0, batch {bs}: {rate:,.0f} windows/s "
+                  f"(numpy/loader = {base / rate:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
