@@ -9,14 +9,13 @@ coverage >= 0.95, and the two are often confused).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ..policy.factory import load_policy
-from ..policy.rollout import evaluate, plot_summary
+from ..policy.rollout import evaluate, save_summary
 from ..training.checkpoint import resolve_checkpoint
 from ..training.loop import pick_device
 
@@ -34,15 +33,7 @@ def run(cfg: dict) -> dict:
                        task.get("crop_shape"), n_episodes=cfg["n_episodes"], seed=cfg["seed"], n_envs=cfg["n_envs"],
                        video_episodes=cfg["video_episodes"], video_dir=out / "videos", device=device, **kwargs)
     summary.update(checkpoint=str(ckpt), env_id=task["env_id"], policy=config["policy"]["name"], **kwargs)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_summary(summary, out / "summary.png", f"{task['env_id']} {config['policy']['name']} {label}")
-    lo, hi = summary["success_ci95"]
-    print(f"success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}); mean max reward "
-          f"{summary['mean_max_reward']:.3f}; mean final reward {summary['mean_final_reward']:.3f}")
-    if "solution_split" in summary:
-        print(f"solutions taken: {summary['solution_split']}")
-    print(f"wrote {out.resolve()}/summary.json, summary.png and videos/")
+    save_summary(summary, out, f"{task['env_id']} {config['policy']['name']} {label}")
     return summary
 
 

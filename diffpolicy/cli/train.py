@@ -10,7 +10,6 @@ tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, print
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data.dataset import WindowDataset
 from ..policy.factory import build_policy
-from ..policy.rollout import evaluate, plot_summary
+from ..policy.rollout import evaluate, save_summary
 from ..training.batches import StepBatches
 from ..training.loop import TrainConfig, distributed_context, pick_device, train
 
@@ -94,12 +93,7 @@ def run(cfg: dict) -> dict:
         return {}
     out = run_dir / "eval"
     summary = rollouts(ema.model.eval(), train_cfg.steps, eval_cfg.get("video_episodes", 0), out / "videos")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_summary(summary, out / "summary.png", f"{task['env_id']} {pcfg['name']} ({summary['n_episodes']} episodes)")
-    lo, hi = summary["success_ci95"]
-    print(f"success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}), mean max reward "
-          f"{summary['mean_max_reward']:.3f} over {summary['n_episodes']} episodes")
+    save_summary(summary, out, f"{task['env_id']} {pcfg['name']} (step {train_cfg.steps})")
     print(f"wrote checkpoints, tensorboard logs and evaluation to {run_dir.resolve()}")
     return summary
 

@@ -148,6 +148,23 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
 
 
+def save_summary(summary: dict, out: str | Path, title: str) -> None:
+    """Write ``summary.json`` and ``summary.png`` to ``out`` and print the headline numbers."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_summary(summary, out / "summary.png", title)
+    lo, hi = summary["success_ci95"]
+    print(f"success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}); mean max reward "
+          f"{summary['mean_max_reward']:.3f}; mean final reward {summary['mean_final_reward']:.3f} "
+          f"over {summary['n_episodes']} episodes")
+    if "solution_split" in summary:
+        print(f"solutions taken (successful episodes): {summary['solution_split']}")
+    print(f"wrote {out.resolve()}/summary.json and summary.png")
+
+
 def plot_summary(summary: dict, path: str | Path, title: str = "") -> None:
     """PNG with the success rate (and CI) and the per-episode max reward."""
     import matplotlib
