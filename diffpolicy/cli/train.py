@@ -10,6 +10,8 @@ tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, print
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from pathlib import Path
 
 import hydra
@@ -82,9 +84,19 @@ def run(cfg: dict) -> dict:
                         n_envs=eval_cfg.get("n_envs", 10), video_episodes=video_episodes,
                         video_dir=out, device=device)
 
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+
     def periodic_eval(model, step: int) -> dict:
+        """Rollouts during training, appended to eval_history.jsonl with the training wall time (eval excluded)."""
+        t0 = time.perf_counter()
+        train_seconds = t0 - clock["start"] - clock["eval"]  # of this process (a resumed run restarts the clock)
         s = rollouts(model, step)
-        return {"success_rate": s["success_rate"], "mean_max_reward": s["mean_max_reward"]}
+        clock["eval"] += time.perf_counter() - t0
+        row = {"step": step, "train_seconds": round(train_seconds, 1), "success_rate": s["success_rate"],
+               "mean_max_reward": s["mean_max_reward"]}
+        with open(run_dir / "eval_history.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return {k: row[k] for k in ("success_rate", "mean_max_reward")}
 
     ema = train(policy, batch_fn, train_cfg, run_dir, config, resume=bool(cfg.get("resume")),
                 evaluate=periodic_eval if train_cfg.eval_every else None, validate=validate if val else None,
