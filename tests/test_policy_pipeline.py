@@ -49,6 +49,8 @@ def config(dataset, run_dir, policy):
                    "obs_keys": ["state"], "action_key": "action", "n_demos": 6}
     if policy != "mlp_bc":
         cfg["policy"]["unet"]["down_dims"] = [16, 32]
+    if policy == "mlp_bc":
+        cfg["training"]["eval_every"] = 15  # periodic rollouts: success against wall time
     if policy != "unet_ddpm":
         cfg["training"]["eval"]["video_episodes"] = 0  # rendering is slow on llvmpipe: one policy covers videos
     return cfg
@@ -61,6 +63,9 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
     assert (tmp_path / "run/eval/summary.png").is_file()
     assert policy != "unet_ddpm" or list((tmp_path / "run/eval/videos").glob("*.mp4"))
     assert (tmp_path / "run/checkpoints/latest").is_file()
+    if policy == "mlp_bc":
+        history = [json.loads(line) for line in (tmp_path / "run/eval_history.jsonl").read_text().splitlines()]
+        assert [h["step"] for h in history] == [15, 30] and history[1]["train_seconds"] > history[0]["train_seconds"]
     policy_obj, cfg = load_policy(tmp_path / "run")
     obs = {"state": torch.zeros(3, 2, 4)}
     out = policy_obj.predict_action(obs, generator=torch.Generator().manual_seed(0))
