@@ -33,14 +33,19 @@ class SeededBatchSampler:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self) -> Iterator[BatchRequest]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        crop_seeds = rng.integers(0, 2**63 - 1, len(self)).tolist()
-        # All requests of the epoch are cut at once: the per-batch cost of the sampler stays ~1 us.
-        batches = np.split(order, np.arange(self.batch_size, self.n, self.batch_size))[:len(self)]
         # A generator on purpose: DataLoader calls iter() on its sampler more than once per epoch, and only the
         # iterator it actually consumes may advance the epoch counter.
+        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2, np.uint64)
+        self.epoch += 1
+        # torch.randperm is ~3x faster than numpy's permutation; at ~100 batches per epoch it is a visible share
+        # of a state batch's ~10 us gather.
+        gen = torch.Generator().manual_seed(int(seeds[0] >> np.uint64(1)))
+        order = torch.randperm(self.n, generator=gen).numpy() if self.shuffle else np.arange(self.n)
+        crop_seeds = np.random.default_rng(int(seeds[1])).integers(0, 2**63 - 1, len(self)).tolist()
+        full = self.n // self.batch_size
+        batches = list(order[:full * self.batch_size].reshape(full, self.batch_size))  # row views, no copies
+        if len(self) > full:
+            batches.append(order[full * self.batch_size:])
         yield from map(BatchRequest, batches, crop_seeds)
 
 
