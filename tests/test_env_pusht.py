@@ -181,5 +181,6 @@ def test_expert_is_seeded_and_varied():
     np.testing.assert_array_equal(a, b)
     n = min(len(a), len(c))
     assert not np.allclose(a[:n], c[:n], atol=1.0)
-    # smooth strokes: consecutive targets move by at most the travel speed (18 units/step) plus rounding
-    assert np.linalg.norm(np.diff(a, axis=0), axis=1).max() < 40.0
+    # smooth strokes: targets advance by at most the travel speed (35 units/step); a new stroke starts at the agent,
+    # which trails the last target by a few units
+    assert np.linalg.norm(np.diff(a, axis=0), axis=1).max() < 60.0

@@ -71,8 +71,8 @@ class PushTExpert:
     def reset(self) -> None:
         """Forget the current stroke and draw this episode's style (speeds in units per control step)."""
         self.queue: list[np.ndarray] = []
-        self.travel_speed = self.rng.uniform(12.0, 18.0)
-        self.push_speed = self.rng.uniform(6.0, 10.0)
+        self.travel_speed = self.rng.uniform(25.0, 35.0)
+        self.push_speed = self.rng.uniform(10.0, 18.0)
         self.slack = self.rng.uniform(0.05, 0.2)  # accept strokes within this fraction of the best score
         self.plan_log = []
 
@@ -83,13 +83,22 @@ class PushTExpert:
         return self.queue.pop(0).astype(np.float32)
 
     # --------------------------------------------------------------------------------------------- candidates
-    def _sample(self, n: int, err: float):
+    def _sample(self, n: int, l_max: float):
         """Random strokes: edge index (n,), position along edge (n,), direction angle offset (n,), push length (n,)."""
         edge = self.rng.choice(len(_EDGE_LEN), size=n, p=_EDGE_LEN / _EDGE_LEN.sum())
         t = self.rng.uniform(0.05, 0.95, size=n)
         angle = np.clip(self.rng.normal(0.0, 0.3, size=n), -0.7, 0.7)
-        l_max = float(np.clip(1.2 * err, 8.0, 120.0))
-        length = np.exp(self.rng.uniform(math.log(2.0), math.log(l_max), size=n))
+        length = np.exp(self.rng.uniform(math.log(0.5), math.log(l_max), size=n))
+        return edge, t, angle, length
+
+    def _refine(self, best, n: int):
+        """Perturbations of the 8 best strokes of an evaluation, as strokes parameters (see ``_sample``)."""
+        top = best["order"][:8]
+        pick = top[self.rng.integers(0, len(top), size=n)]
+        edge, t, angle, length = (p[pick] for p in best["params"])
+        t = np.clip(t + self.rng.normal(0, 0.08, n), 0.02, 0.98)
+        angle = np.clip(angle + self.rng.normal(0, 0.1, n), -0.8, 0.8)
+        length = np.clip(length * np.exp(self.rng.normal(0, 0.3, n)), 0.3, 150.0)
         return edge, t, angle, length
 
     def _strokes(self, pose, edge, t, angle, length):
@@ -102,7 +111,8 @@ class PushTExpert:
         ca, sa = np.cos(angle), np.sin(angle)
         u = np.stack([ca * inward[:, 0] - sa * inward[:, 1], sa * inward[:, 0] + ca * inward[:, 1]], axis=1)
         start = contact - u * PUSH_BACKOFF
-        end = np.clip(contact + u * length[:, None], 0.0, WORKSPACE)
+        # the agent's centre stops R_AGENT short of contact + u * length, so the block moves by about ``length``
+        end = np.clip(contact + u * (length[:, None] - R_AGENT), 0.0, WORKSPACE)
         ok = (start >= 0.0).all(1) & (start <= WORKSPACE).all(1)
         ok &= geom.distance_to_outline(start, *pose) >= CLEAR - 1e-6
         # the agent must reach the contact point along u without first touching another part of the T
@@ -174,26 +184,27 @@ class PushTExpert:
         agent = env.data.qpos[:2].copy()
         err = float(_keypoint_error(np.array(pose), self.goal_kp))
         lead, nodes, dist, parent = self._graph(agent, pose)
-        for _ in range(4):  # a crowded spot (block at a wall, agent in a corner) can leave few valid strokes
-            params = self._sample(self.n_candidates, err)
-            best = self._evaluate(pose, params, lead, nodes, dist, parent, err)
-            if np.isfinite(best["score"]).any():
+        l_max = float(np.clip(1.2 * err, 8.0, 120.0))
+        best = None
+        for attempt in range(4):  # broad round, then local rounds around the best; small pushes if stuck
+            if best is None or not np.isfinite(best["score"]).any():
+                params = self._sample(self.n_candidates, l_max)
+            elif attempt == 1 or best["n_good"] > 0:
+                params = self._refine(best, self.n_refine)
+            else:
+                params = self._sample(self.n_candidates, 4.0)
+            new = self._evaluate(pose, params, lead, nodes, dist, parent, err)
+            best = new if best is None else _merge(best, new)
+            if attempt >= 1 and best["n_good"] > 0:
                 break
-        else:
+        if not np.isfinite(best["score"]).any():
             raise RuntimeError(f"PushTExpert: no reachable push from agent {agent} for block pose {pose}")
-        if best["n_good"] > 0 and self.n_refine > 0:
-            top = best["order"][:8]
-            pick = top[self.rng.integers(0, len(top), size=self.n_refine)]
-            edge = best["params"][0][pick]
-            t = np.clip(best["params"][1][pick] + self.rng.normal(0, 0.08, self.n_refine), 0.02, 0.98)
-            angle = np.clip(best["params"][2][pick] + self.rng.normal(0, 0.1, self.n_refine), -0.8, 0.8)
-            length = np.clip(best["params"][3][pick] * np.exp(self.rng.normal(0, 0.3, self.n_refine)), 1.0, 150.0)
-            merged = tuple(np.concatenate([a, b]) for a, b in zip(best["params"], (edge, t, angle, length)))
-            best = self._evaluate(pose, merged, lead, nodes, dist, parent, err)
         scores = best["score"]
         top = float(np.max(scores))
-        pool = np.flatnonzero(scores >= top - self.slack * abs(top)) if np.isfinite(top) else np.array([0])
-        k = int(self.rng.choice(pool))
+        if best["n_good"] > 0:  # seeded choice among the near-best strokes: varied yet purposeful demos
+            k = int(self.rng.choice(np.flatnonzero(scores >= top - self.slack * abs(top))))
+        else:  # nothing improves: take the least harmful stroke
+            k = int(np.argmax(scores))
         self.plan_log.append({"err": err, "score": float(scores[k]), "steps": len(best["controls"][k])})
         return list(best["controls"][k])
 
@@ -239,6 +250,14 @@ class PushTExpert:
             controls[i] = ctrl_list[r]
         return {"score": scores, "order": np.argsort(-scores), "controls": controls, "params": params,
                 "n_good": int(good.sum())}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Union of two candidate evaluations (see ``PushTExpert._evaluate``)."""
+    score = np.concatenate([a["score"], b["score"]])
+    params = tuple(np.concatenate(pair) for pair in zip(a["params"], b["params"]))
+    return {"score": score, "order": np.argsort(-score), "controls": a["controls"] + b["controls"],
+            "params": params, "n_good": a["n_good"] + b["n_good"]}
 
 
 def _resample(poly: np.ndarray, speed: float, first: bool) -> np.ndarray:
