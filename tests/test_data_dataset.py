@@ -41,6 +41,8 @@ def test_state_windows_match_reference(store):
     assert batch["obs"]["state"].dtype == torch.float32 and batch["obs"]["state"].shape == (len(ds), 2, 5)
     np.testing.assert_allclose(batch["obs"]["state"].numpy(), ref_state[:, :2].astype(np.float32))
     np.testing.assert_array_equal(batch["action"].numpy(), ref_action)
+    with pytest.raises(IndexError):
+        ds.sample_batch([0, len(ds)])
     item = ds[7]
     assert item["obs"]["agent_pos"].shape == (2, 2) and item["action"].shape == (16, 2)
     np.testing.assert_array_equal(item["action"].numpy(), ref_action[7])

@@ -152,6 +152,7 @@ def collect(spec: RolloutSpec, n_episodes: int, out: str | os.PathLike, seed: in
                 if rb is None:
                     rb = ReplayBuffer.create(tmp)
                 rb.append_episode(ep.data)
+                ep.data = {}  # written; keep only the metadata (image demos would otherwise pile up in memory)
                 kept.append(ep)
                 bar.update()
             bar.set_postfix(attempted=attempted, yield_=f"{len(kept) / attempted:.0%}")
