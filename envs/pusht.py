@@ -23,7 +23,8 @@ Differences (and why):
   - initial states in which the agent overlaps the block (clearance < 5) or the block already covers > 50 % of the
     goal are re-drawn from the same generator (the original allows both).
   - images: rendered by MuJoCo from a near-orthographic top camera, flipped vertically so that +y points down the
-    image as in the original's pygame drawing; the action marker of the original is not drawn.
+    image as in the original's pygame drawing (4x multisampled, where the original downscales a 512 x 512 drawing);
+    the action marker of the original is not drawn.
   - observations are float32 and clipped to their (exact) Box bounds.
 
 Observation modes (``obs_type``):

@@ -71,6 +71,7 @@ class PushTExpert:
     def reset(self) -> None:
         """Forget the current stroke and draw this episode's style (speeds in units per control step)."""
         self.queue: list[np.ndarray] = []
+        self._last_time = -1.0
         self.travel_speed = self.rng.uniform(25.0, 35.0)
         self.push_speed = self.rng.uniform(10.0, 18.0)
         self.slack = self.rng.uniform(0.05, 0.2)  # accept strokes within this fraction of the best score
@@ -78,8 +79,11 @@ class PushTExpert:
 
     def act(self, obs=None) -> np.ndarray:
         """Next end-effector target (2,) float32; ``obs`` is unused (the expert reads the simulator)."""
+        if self.env.data.time < self._last_time:  # the env was reset without ``reset()``: drop the old stroke
+            self.queue = []
         if not self.queue:
             self.queue = self._plan()
+        self._last_time = self.env.data.time
         return self.queue.pop(0).astype(np.float32)
 
     # --------------------------------------------------------------------------------------------- candidates
@@ -197,8 +201,11 @@ class PushTExpert:
             best = new if best is None else _merge(best, new)
             if attempt >= 1 and best["n_good"] > 0:
                 break
-        if not np.isfinite(best["score"]).any():
-            raise RuntimeError(f"PushTExpert: no reachable push from agent {agent} for block pose {pose}")
+        if not np.isfinite(best["score"]).any():  # boxed in (e.g. between the block and a wall): step aside
+            heading = self.rng.normal(size=2)
+            aside = np.clip(agent + 40.0 * heading / np.linalg.norm(heading), 0.0, WORKSPACE)
+            self.plan_log.append({"err": err, "score": float("nan"), "steps": 3})
+            return list(_resample(np.array([agent, aside]), 40.0 / 3, first=False))
         scores = best["score"]
         top = float(np.max(scores))
         if best["n_good"] > 0:  # seeded choice among the near-best strokes: varied yet purposeful demos
