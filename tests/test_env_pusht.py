@@ -184,3 +184,25 @@ def test_expert_is_seeded_and_varied():
     # smooth strokes: targets advance by at most the travel speed (35 units/step); a new stroke starts at the agent,
     # which trails the last target by a few units
     assert np.linalg.norm(np.diff(a, axis=0), axis=1).max() < 60.0
+
+
+def test_physics_stays_stable_when_the_block_is_driven_into_walls():
+    import mujoco
+
+    env = PushTEnv()
+    rng = np.random.default_rng(0)
+    unstable = 0
+    for episode in range(20):
+        env.reset(seed=episode)
+        for k in range(100):
+            block = env.data.qpos[2:4]
+            # fast jumps, then shoves of the block towards the nearest walls (wedging it against the agent)
+            if k % 10 == 0:
+                action = rng.uniform(0, 512, 2)
+            else:
+                action = np.clip(block + rng.normal(0, 80, 2) - 40 * np.sign(block - 256), 0, 512)
+            obs, *_ = env.step(action)
+            assert np.isfinite(obs).all()
+        # MuJoCo resets the state on a diverging step and only counts a warning: check the counter
+        unstable += env.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
+    assert unstable == 0
