@@ -12,7 +12,9 @@ Builds a state store (state (5,), action (2,)) and a 96x96 image store (img uint
   - loader: windows/s through ``make_dataloader`` for each worker count (workers=0: the in-process loader, and
     also torch's DataLoader with 0 workers; workers>0: torch DataLoader over batched ``sample_batch``); image
     windows get 84x84 random crops and float (C, H, W) conversion in every path;
-  - per-item: the plain ``Dataset.__getitem__`` + default collate path with 0 workers, for comparison.
+  - per-item: the plain ``Dataset.__getitem__`` + default collate path with 0 workers, for comparison;
+  - transport: windows/s of a torch DataLoader whose workers only return a ready batch of the image batch's
+    shape (float32, and uint8 for comparison): the cost of moving batches between processes alone.
 Window geometry is Diffusion Policy's Push-T setting: horizon 16, 2 observation steps, 8 action steps.
 """
 
@@ -116,6 +118,32 @@ def numpy_rate(arrays: dict[str, np.ndarray], obs_keys: list[str], ends: np.ndar
     return best
 
 
+class _ReadyBatch(torch.utils.data.Dataset):
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+        self.x = torch.zeros(shape, dtype=dtype)
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x.clone()
+
+
+def transport_rate(shape: tuple[int, ...], dtype: torch.dtype, workers: int, n_batches: int) -> float:
+    loader = torch.utils.data.DataLoader(_ReadyBatch(shape, dtype), batch_size=None, num_workers=workers,
+                                         persistent_workers=True)
+    it = iter(loader)
+    next(it)
+    best = 0.0
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            next(it)
+        best = max(best, n_batches * shape[0] / (time.perf_counter() - t0))
+    del it, loader
+    return best
+
+
 def best_of(fn, n=3):
     times = []
     for _ in range(n):
@@ -170,6 +198,13 @@ def main() -> None:
             rate = per_item_rate(ds, bs, max(5, nb // 10))
             print(f"per-item Dataset + default collate, workers=0, batch {bs}: {rate:,.0f} windows/s "
                   f"(numpy/loader = {base / rate:.1f}x)")
+            if image:
+                shape = (bs, N_OBS, 3, *crop)
+                for dtype in (torch.float32, torch.uint8):
+                    for w in [w for w in args.workers if w > 0]:
+                        rate = transport_rate(shape, dtype, w, nb)
+                        print(f"transport only, ready {str(dtype)[6:]} batch {shape}, workers={w}: "
+                              f"{rate:,.0f} windows/s")
 
 
 if __name__ == "__main__":
