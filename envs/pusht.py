@@ -15,7 +15,9 @@ Differences (and why):
   - physics: MuJoCo soft contacts instead of pymunk. The original's kinematic agent becomes a heavy (10x the
     block) sphere driven by a position actuator with the same per-unit-mass gains; the original's zero space
     damping (all velocity removed every step, i.e. quasi-static pushing) becomes joint damping of 100/s times the
-    block's mass and inertia. The agent does not collide with the walls (kinematic in the original); the block does.
+    block's mass and inertia. The agent does not collide with the walls (kinematic in the original); the block does
+    (frictionless, inner faces at 7 and 504 as in the original, but 50 units thick so nothing tunnels through).
+    Shoved hard into a wall, the block can sink a few units into it (soft contacts).
   - reward = coverage in [0, 1] (the issue's definition); the original returns clip(coverage / 0.95, 0, 1).
   - actions are clipped to the action space (the original does not clip).
   - keypoints: 9 fixed points (the 8 rectangle corners in gym-pusht's order, then the centre of mass) instead of
@@ -34,6 +36,9 @@ Observation modes (``obs_type``):
   - ``"pixels"``: the ``"dict"`` keys plus ``img`` uint8 (96, 96, 3), top-down RGB.
 ``info`` has ``coverage`` (float) and ``is_success`` (bool) on every ``reset`` and ``step``.
 ``reset(options={"reset_to_state": [agent_x, agent_y, block_x, block_y, block_angle]})`` starts from a given state.
+Privileged access (for experts and tests): ``get_state()``, ``set_state(state)``, ``block_pose()``, ``coverage()``,
+``model`` / ``data`` (the MuJoCo model and data; qpos = agent x, y, block centre-of-mass x, y, angle).
+``render()`` returns a ``render_size`` x ``render_size`` frame (default 256) from the same top camera.
 """
 
 from importlib import resources
