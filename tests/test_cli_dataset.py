@@ -32,6 +32,15 @@ def test_info_and_json(tmp_path, capsys):
     assert sum(d["episode_length"]["histogram"]["counts"]) == 3 and d["attrs"]["env_id"] == "fake"
 
 
+def test_info_on_diffusion_policy_v2_store(tmp_path, capsys):
+    from test_data_replay_buffer import write_dp_v2_store
+
+    write_dp_v2_store(tmp_path / "dp.zarr")
+    assert main(["info", str(tmp_path / "dp.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "(zarr v2)" in out and "data/keypoint" in out and "(15, 9, 2)" in out and "episodes 3" in out
+
+
 def test_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", str(store(tmp_path / "a.zarr", [4], 0)), "--keys", "img", "state"]) == 0
     state = np.zeros((10, 3), np.float32)

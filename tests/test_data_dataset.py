@@ -1,5 +1,7 @@
 """WindowDataset and its DataLoader: window contents, image crops, splits, reproducible batches."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,22 @@ def test_chunk_cached_dataset_equals_in_memory(store):
     w = np.random.default_rng(0).permutation(len(mem))[:64]
     a, b = mem.sample_batch(w, seed=9), cached.sample_batch(w, seed=9)
     assert torch.equal(a["obs"]["img"], b["obs"]["img"]) and torch.equal(a["action"], b["action"])
+
+
+def test_chunk_cached_zip_store_in_worker_processes(store, tmp_path):
+    """Each worker reopens the zip store itself (a shared zip file handle would interleave reads across forks)."""
+    from diffpolicy.data.store import pack_zip
+
+    pack_zip(store, tmp_path / "demo.zarr.zip")
+    kw = dict(obs_keys=["img", "state"], horizon=6, n_obs_steps=2, n_action_steps=3, crop_shape=(16, 16))
+    mem = WindowDataset(store, **kw)
+    cached = WindowDataset(tmp_path / "demo.zarr.zip", memory_budget=10_000, cache_bytes=100_000, **kw)
+    cached.sample_batch(np.arange(8), seed=0)  # the parent now holds an open zip handle that workers inherit
+    assert cached.arrays["img"]._pid == os.getpid()
+    ref = batches(make_dataloader(mem, 32, seed=1), 4)
+    got = batches(make_dataloader(cached, 32, num_workers=2, seed=1), 4)
+    for a, b in zip(ref, got):
+        assert torch.equal(a["obs"]["img"], b["obs"]["img"]) and torch.equal(a["obs"]["state"], b["obs"]["state"])
 
 
 def batches(loader, n):

@@ -75,6 +75,15 @@ def test_nan_and_inf(tmp_path):
     raises(q, "data/action", "NaN or inf", lambda s: ds.normalizer({"action": "minmax"}))
 
 
+def test_float_images_out_of_range(tmp_path):
+    p = make_store(tmp_path / "a.zarr")
+    img = np.zeros((10, 4, 4, 3), np.float32)
+    img[6, 0, 0, 0] = 300.0  # float images are read as 0..255 (Diffusion Policy's convention)
+    zarr.open_group(str(p), mode="r+")["data"].create_array("img", data=img)
+    problems = validate_store(p)
+    assert len(problems) == 1 and "data/img" in problems[0] and "outside [0, 255] (first at row 6)" in problems[0]
+
+
 def test_unexpected_dtypes(tmp_path):
     raises(make_store(tmp_path / "a.zarr", ends=np.array([4.0, 10.0])), "meta/episode_ends", "unexpected dtype float64")
     raises(make_store(tmp_path / "b.zarr", action=np.ones((10, 2), np.complex64)), "data/action",

@@ -66,7 +66,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.train_mask, self.val_mask = split_episodes(self.buffer.n_episodes, val_ratio, seed, max_train_episodes)
         arrays = load_arrays(self.buffer, [*self.obs_keys, action_key], memory_budget, cache_bytes)
         # Low-dim arrays become float32 once here, so every gather already yields the training dtype.
-        self.arrays = {k: (a if k in self.image_keys or isinstance(a, ChunkCachedArray) else a.astype(np.float32))
+        self.arrays = {k: (a if k in self.image_keys or isinstance(a, ChunkCachedArray) else a.astype(np.float32, copy=False))
                        for k, a in arrays.items()}
         self._build_index()
 
