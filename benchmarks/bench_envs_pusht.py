@@ -10,7 +10,7 @@ Measured:
   - env steps/s via ``gymnasium.make`` (wrappers included) with uniformly random actions, for ``obs_type="state"``
     and ``"pixels"`` (96x96 render every step), and the same for gym-pusht's ``obs_type="state"`` if installed;
   - renders/s of the 96x96 top camera;
-  - expert success over seeded episodes (seeds 0..N-1, expert seeded with the same seed), steps to success, and
+  - expert success over seeded episodes (seeds first..first+N-1, expert seeded with the same seed), steps to success, and
     seconds per episode (per worker) / demos per minute (all workers), with a progress bar.
 """
 
@@ -91,6 +91,7 @@ def expert_episode(seed: int) -> tuple[int, bool, int, float, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--first-seed", type=int, default=0, help="expert episodes use seeds first..first+episodes-1")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--out", default=None, help="markdown file to write")
@@ -113,13 +114,14 @@ def main():
 
     t0 = time.perf_counter()
     with Pool(args.workers) as pool:
-        results = list(tqdm(pool.imap(expert_episode, range(args.episodes)), total=args.episodes, desc="expert"))
+        seeds = range(args.first_seed, args.first_seed + args.episodes)
+        results = list(tqdm(pool.imap(expert_episode, seeds), total=args.episodes, desc="expert"))
     wall = time.perf_counter() - t0
     ok = np.array([r[1] for r in results])
     steps = np.array([r[2] for r in results])
     secs = np.array([r[4] for r in results])
     rows += [
-        (f"expert success, seeds 0..{args.episodes - 1}", f"{ok.mean():.0%} ({ok.sum()}/{len(ok)})"),
+        (f"expert success, seeds {seeds[0]}..{seeds[-1]}", f"{ok.mean():.0%} ({ok.sum()}/{len(ok)})"),
         ("expert steps to success (mean / median / max)",
          f"{steps[ok].mean():.0f} / {np.median(steps[ok]):.0f} / {steps[ok].max()}" if ok.any() else "-"),
         ("expert seconds per episode (one worker, mean)", f"{secs.mean():.2f}"),
@@ -135,7 +137,7 @@ def main():
         "",
         "```",
         f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')} python benchmarks/bench_envs_pusht.py --episodes "
-        f"{args.episodes} --workers {args.workers} --seconds {args.seconds:g}"
+        f"{args.episodes} --first-seed {args.first_seed} --workers {args.workers} --seconds {args.seconds:g}"
         + (f" --out {args.out}" if args.out else ""),
         "```",
         "",
