@@ -1,0 +1,136 @@
+"""Asynchronous inference, real-time chunking and temporal ensembling, with a fake policy of controlled delay."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from test_control_helpers import FakePolicy, at, fake_controller
+from diffpolicy.control.chunks import ensemble_weights
+
+
+def wait_until(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_async_switch_skips_the_actions_executed_during_inference():
+    policy = FakePolicy()
+    ctrl = fake_controller(policy, mode="async")
+    policy.gate = threading.Event()
+    policy.gate.set()
+    out = [ctrl.act(at(t)) for t in range(8)]  # step 0 waits for the first chunk (nothing to execute yet)
+    policy.gate.clear()
+    out += [ctrl.act(at(t)) for t in range(8, 11)]  # chunk launched at step 8 is still computing
+    wait_until(lambda: len(policy.calls) == 2)
+    assert ctrl.worker.busy and len(policy.calls) == 2 and policy.calls[1]["t"] == 8
+    policy.gate.set()
+    wait_until(lambda: ctrl.worker._result is not None)
+    out += [ctrl.act(at(t)) for t in range(11, 14)]
+    out = np.stack(out)
+    # dim 0: every executed action is the one planned for its step; dim 1: the observation step of its chunk.
+    np.testing.assert_array_equal(out[:, 0], np.arange(14))
+    np.testing.assert_array_equal(out[:, 1], [0] * 11 + [8] * 3)
+    s = ctrl.stats()
+    assert s["delay_steps"] == {0: 1, 3: 1} and s["starved"] == 0 and s["chunks"] == 2
+    assert ctrl.last_info["chunk"] == 1 and list(ctrl.delays) == [3]  # the blocking first chunk is not an estimate
+    ctrl.close()
+
+
+def test_async_act_does_not_block_once_warm():
+    policy = FakePolicy(delay=0.1)
+    period = 0.03
+    ctrl = fake_controller(policy, mode="async", period=period)
+    out, latencies = [], []
+    for t in range(40):
+        t0 = time.perf_counter()
+        out.append(ctrl.act(at(t)))
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(max(0.0, period - (time.perf_counter() - t0)))
+    out = np.stack(out)
+    np.testing.assert_array_equal(out[:, 0], np.arange(40))
+    assert max(latencies[1:]) < period, latencies
+    s = ctrl.stats()
+    assert s["starved"] == 0 and s["deadline_misses"] <= 1  # only the first act may wait for inference
+    assert all(d >= 3 for d in list(s["delay_steps"])[1:])  # 0.1 s of inference at 0.03 s per step
+    ctrl.close()
+
+
+def test_rtc_fixes_the_prefix_to_the_queued_actions_in_normalised_units():
+    policy = FakePolicy(action_scale=0.5)
+    ctrl = fake_controller(policy, mode="async", smoothing="rtc", period=1.0)
+    policy.gate = threading.Event()
+    policy.gate.set()
+    for t in range(8):
+        ctrl.act(at(t))
+    assert policy.calls[0]["mask"] is None  # nothing is queued at the episode start
+    first = ctrl.buffer.latest
+    policy.gate.clear()
+    for t in range(8, 11):
+        ctrl.act(at(t))
+    wait_until(lambda: len(policy.calls) == 2)
+    call = policy.calls[1]
+    # No delay measured yet and the warm-up was fast: one step is fixed, chunk index To-1 = 1 <-> step 8.
+    assert call["mask"][0, :, 0].tolist() == [False, True] + [False] * 14
+    np.testing.assert_array_equal(call["known"][0, 1].numpy(), first.normed[1 + 8].numpy())
+    np.testing.assert_array_equal(call["known"][0, 1].numpy(), 0.5 * np.array([8.0, 0.0]))  # normalised
+    policy.gate.set()
+    wait_until(lambda: ctrl.worker._result is not None)
+    for t in range(11, 16):
+        ctrl.act(at(t))
+    second = ctrl.buffer.latest
+    policy.gate.clear()
+    queued = [ctrl.buffer.action(s)[0] for s in (16, 17, 18)]  # what will execute while the next chunk computes
+    ctrl.act(at(16))
+    wait_until(lambda: len(policy.calls) == 3)
+    call = policy.calls[2]
+    assert call["mask"][0, :, 0].nonzero().flatten().tolist() == [1, 2, 3]  # the measured delay was 3 steps
+    np.testing.assert_array_equal(call["known"][0, 1:4].numpy(), second.normed[1 + 8: 1 + 11].numpy())
+    np.testing.assert_array_equal(call["known"][0, 1:4].numpy(), 0.5 * np.stack(queued))
+    policy.gate.set()
+    ctrl.close()
+
+
+def test_rtc_needs_async_and_an_inpainting_policy():
+    with pytest.raises(ValueError, match="needs mode='async'"):
+        fake_controller(FakePolicy(), mode="sync", smoothing="rtc")
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_temporal_ensembling_weights(decay):
+    policy = FakePolicy()
+    ctrl = fake_controller(policy, smoothing="ensemble", ensemble_decay=decay)
+    assert ctrl.execute_steps == 1
+    out = np.stack([ctrl.act(at(t)) for t in range(25)])
+    np.testing.assert_array_equal(out[:, 0], np.arange(25))
+    H = 15  # horizon 16 - n_obs_steps 2 + 1 executable actions per chunk
+    for t in range(25):
+        sources = np.arange(max(0, t - H + 1), t + 1)  # launch steps of the chunks covering step t, oldest first
+        w = np.exp(-decay * np.arange(len(sources)))
+        np.testing.assert_allclose(out[t, 1], (w * sources).sum() / w.sum(), rtol=1e-6)
+    assert len(ctrl.buffer.chunks) == H  # older chunks are dropped: memory stays bounded
+    np.testing.assert_allclose(ensemble_weights(3, 0.5), np.exp([0.0, -0.5, -1.0]))
+
+
+def test_reset_drops_an_in_flight_chunk_and_errors_reach_the_caller():
+    policy = FakePolicy()
+    ctrl = fake_controller(policy, mode="async")
+    policy.gate = threading.Event()
+    policy.gate.set()
+    for t in range(9):
+        ctrl.act(at(t))
+    policy.gate.clear()
+    assert ctrl.worker.busy
+    ctrl.reset()
+    threading.Timer(0.1, policy.gate.set).start()
+    a = ctrl.act(at(100))  # the new episode's first step waits for its own chunk, never the old one
+    np.testing.assert_array_equal(a, [100, 100])
+    assert ctrl.stats()["chunks"] == 1 and ctrl.stats()["delay_steps"] == {0: 1}
+    policy.fail = True
+    ctrl.reset()
+    with pytest.raises(RuntimeError, match="inference failed in the background thread.*fake failure"):
+        ctrl.act(at(0))
+    ctrl.close()

@@ -1,0 +1,113 @@
+"""Controller on a real (tiny, untrained) diffusion checkpoint: history, chunk order, sampler switch, safety, reset."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from test_control_helpers import tiny_checkpoint
+from diffpolicy.control.controller import Controller
+from diffpolicy.control.safety import NonFiniteError
+from diffpolicy.policy.factory import load_policy
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ctrl") / "ckpt")
+
+
+def states(n, seed=0):
+    return [{"state": s, "agent_pos": s[:2]} for s in np.random.default_rng(seed).uniform(-1, 1, (n, 4))
+            .astype(np.float32)]
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("euler", 3)])
+def test_sync_executes_predict_action_chunks_in_order_with_padded_history(ckpt, sampler, steps):
+    obs = states(20)
+    ctrl = Controller.from_checkpoint(ckpt, device="cpu", sampler=sampler, steps=steps, action_space=None, seed=7)
+    got = np.stack([ctrl.act(o) for o in obs])
+    policy, _ = load_policy(ckpt)
+    gen = torch.Generator().manual_seed(7)  # the controller draws each chunk's noise from its seed, in order
+    expected = []
+    for start in (0, 8, 16):
+        hist = [obs[max(0, start - 1)], obs[start]]  # the first observation is repeated at the episode start
+        x = {"state": torch.as_tensor(np.stack([h["state"] for h in hist]))[None]}
+        expected.append(policy.predict_action(x, generator=gen, sampler=sampler, steps=steps)["action"][0].numpy())
+    np.testing.assert_allclose(got, np.concatenate(expected)[:20], rtol=1e-5, atol=1e-6)
+    assert ctrl.stats()["chunks"] == 3 and ctrl.stats()["delay_steps"] == {0: 3}
+    assert [ctrl.last_info["step"], ctrl.last_info["chunk"]] == [19, 2]
+
+
+def test_reset_leaves_no_state_and_sampler_changes_at_run_time(ckpt):
+    obs = states(12, seed=1)
+    ctrl = Controller.from_checkpoint(ckpt, device="cpu", sampler="ddim", steps=2, seed=3, action_space=None)
+    first = np.stack([ctrl.act(o) for o in obs])
+    ctrl.reset()
+    assert ctrl.step == 0 and ctrl.history is None and not ctrl.buffer.chunks and ctrl.stats()["chunks"] == 0
+    again = np.stack([ctrl.act(o) for o in obs])
+    np.testing.assert_array_equal(first, again)
+    fresh = Controller.from_checkpoint(ckpt, device="cpu", sampler="ddim", steps=2, seed=3, action_space=None)
+    np.testing.assert_array_equal(first, np.stack([fresh.act(o) for o in obs]))
+
+    ctrl.reset()
+    ctrl.set_sampling("dpmpp_2m", 5)
+    switched = np.stack([ctrl.act(o) for o in obs])
+    assert (ctrl.sampler, ctrl.steps) == ("dpmpp_2m", 5) and not np.allclose(switched, first)
+    with pytest.raises(ValueError, match="unknown sampler 'fast'"):
+        ctrl.set_sampling("fast")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        ctrl.set_sampling("ddim", 0)
+
+
+def test_actions_are_clipped_to_the_action_space(ckpt):
+    obs = states(8, seed=2)
+    raw = Controller.from_checkpoint(ckpt, device="cpu", action_space=None)
+    ref = np.stack([raw.act(o) for o in obs])
+    lo, hi = np.quantile(ref, 0.3, axis=0), np.quantile(ref, 0.7, axis=0)
+    ctrl = Controller.from_checkpoint(ckpt, device="cpu", action_space=(lo, hi))
+    got = np.stack([ctrl.act(o) for o in obs])
+    np.testing.assert_allclose(got, np.clip(ref, lo, hi), rtol=1e-6)
+    assert ctrl.stats()["clipped"] == int(np.any((ref < lo) | (ref > hi), axis=1).sum()) > 0
+    task = Controller.from_checkpoint(ckpt, device="cpu")  # bounds of the task env (TwoPath: +-ARENA)
+    assert task.bounds is not None and np.all(task.bounds.high > 0) and np.all(task.bounds.low == -task.bounds.high)
+
+
+def test_nonfinite_observation_or_action_never_reaches_the_robot(ckpt, caplog):
+    obs = states(10, seed=4)
+    ctrl = Controller.from_checkpoint(ckpt, device="cpu", action_space=None)
+    a0, a1 = ctrl.act(obs[0]), ctrl.act(obs[1])
+    bad = {**obs[2], "state": np.array([0.1, np.nan, 0.2, np.inf], np.float32)}
+    held = ctrl.act(bad)
+    np.testing.assert_array_equal(held, a1)
+    event = ctrl.faults[-1]
+    assert (event.kind, event.key, event.entries, event.step) == ("obs", "state", (1, 3), 2)
+    assert "non-finite observation key 'state' at flat entries [1, 3]" in caplog.text
+    assert all(torch.isfinite(h["state"]).all() for h in ctrl.history)  # NaN never enters the network's input
+    # A non-finite planned action (e.g. a diverged network) is replaced by the last safe one.
+    chunk = ctrl.buffer.latest
+    chunk.actions[4 - chunk.start, 0] = np.nan
+    a3 = ctrl.act(obs[3])
+    np.testing.assert_array_equal(ctrl.act(obs[4]), a3)
+    assert ctrl.faults[-1].kind == "action" and ctrl.faults[-1].entries == (0,)
+    assert ctrl.stats()["nonfinite_obs"] == 1 and ctrl.stats()["nonfinite_action"] == 1
+    ctrl.reset()
+    assert not ctrl.faults and ctrl.stats()["nonfinite_obs"] == 0
+    with pytest.raises(NonFiniteError, match="first observation"):
+        ctrl.act(bad)
+    with pytest.raises(KeyError, match="no key 'state'"):
+        ctrl.act({"agent_pos": np.zeros(2, np.float32)})
+
+
+def test_deadline_misses_are_counted(ckpt):
+    obs = states(9, seed=5)
+    ctrl = Controller.from_checkpoint(ckpt, device="cpu", control_hz=1e6)  # a 1 us period: every replan misses
+    for o in obs:
+        ctrl.act(o)
+    s = ctrl.stats()
+    assert s["chunks"] == 2 and s["deadline_misses"] >= 2 and s["act_ms"]["n"] == 9
+    relaxed = Controller.from_checkpoint(ckpt, device="cpu", control_hz=0.01)
+    for o in obs:
+        relaxed.act(o)
+    assert relaxed.stats()["deadline_misses"] == 0
+    assert math.isfinite(relaxed.warmup_seconds) and relaxed.warmup_seconds < 1.0
