@@ -9,6 +9,7 @@ import torch
 from test_control_helpers import tiny_checkpoint
 from diffpolicy.control.controller import Controller
 from diffpolicy.control.safety import NonFiniteError
+from diffpolicy.control.sampling import ChunkSampler
 from diffpolicy.policy.factory import load_policy
 
 
@@ -17,13 +18,22 @@ def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ctrl") / "ckpt")
 
 
+@pytest.fixture(scope="module")
+def flow_ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ctrl_flow") / "ckpt", objective="flow")
+
+
 def states(n, seed=0):
     return [{"state": s, "agent_pos": s[:2]} for s in np.random.default_rng(seed).uniform(-1, 1, (n, 4))
             .astype(np.float32)]
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("euler", 3)])
-def test_sync_executes_predict_action_chunks_in_order_with_padded_history(ckpt, sampler, steps):
+@pytest.mark.parametrize("objective,sampler,steps", [("ddpm", "ddim", 4), ("ddpm", "euler", 3),
+                                                     ("flow", "heun", 2), ("flow", "dpmpp_2m", 3)])
+def test_sync_executes_predict_action_chunks_in_order_with_padded_history(ckpt, flow_ckpt, objective, sampler,
+                                                                          steps):
+    """The fast path (cached schedule/time table) reproduces the eager ``predict_action`` chunk by chunk."""
+    ckpt = ckpt if objective == "ddpm" else flow_ckpt
     obs = states(20)
     ctrl = Controller.from_checkpoint(ckpt, device="cpu", sampler=sampler, steps=steps, action_space=None, seed=7)
     got = np.stack([ctrl.act(o) for o in obs])
@@ -37,6 +47,22 @@ def test_sync_executes_predict_action_chunks_in_order_with_padded_history(ckpt, 
     np.testing.assert_allclose(got, np.concatenate(expected)[:20], rtol=1e-5, atol=1e-6)
     assert ctrl.stats()["chunks"] == 3 and ctrl.stats()["delay_steps"] == {0: 3}
     assert [ctrl.last_info["step"], ctrl.last_info["chunk"]] == [19, 2]
+
+
+@pytest.mark.parametrize("objective,sampler", [("ddpm", "ddim"), ("ddpm", "ddpm"), ("flow", "euler"),
+                                               ("flow", "dpmpp_2m")])
+def test_fast_path_inpainting_ends_exactly_on_the_fixed_prefix(ckpt, flow_ckpt, objective, sampler):
+    policy, _ = load_policy(ckpt if objective == "ddpm" else flow_ckpt)
+    fast = ChunkSampler(policy)
+    gen = torch.Generator().manual_seed(0)
+    cond = policy.encode({"state": torch.randn(1, 2, 4, generator=gen)})
+    noise = torch.randn(1, 16, 2, generator=gen)
+    known = torch.randn(1, 16, 2, generator=gen)
+    mask = torch.zeros(1, 16, 2, dtype=torch.bool)
+    mask[:, 1:4] = True  # chunk indices To-1 .. To+1: the steps executed while this chunk is computed
+    out = fast(cond, noise, sampler, 3, mask=mask, known=known, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out[mask], known[mask], rtol=0, atol=0)
+    assert not torch.allclose(out[~mask], known[~mask]) and torch.isfinite(out).all()
 
 
 def test_reset_leaves_no_state_and_sampler_changes_at_run_time(ckpt):
