@@ -67,7 +67,8 @@ def test_train_then_sample_write_checkpoints_and_grids(tmp_path, capsys):
 def test_bare_mode_word_is_accepted(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "run", lambda cfg: seen.update(cfg))
-    monkeypatch.setattr(sys, "argv", ["diffpolicy-imagegen", "sample", f"run_dir={tmp_path}", "hydra.output_subdir=null"])
+    monkeypatch.setattr(sys, "argv", ["diffpolicy-imagegen", "sample", f"run_dir={tmp_path}",
+                                      "hydra.output_subdir=null"])
     cli.main()
     assert seen["mode"] == "sample"
 

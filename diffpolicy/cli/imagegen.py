@@ -33,7 +33,8 @@ def write_grid(gen: ImageGenerator, scfg: dict, default_dir: Path, device: torch
     classes = list(range(gen.num_classes)) if classes is None else [int(c) for c in classes]
     bad = [c for c in classes if not 0 <= c < gen.num_classes]
     if bad or not classes:
-        raise ValueError(f"sample.classes {classes}: expected a non-empty list of class ids in 0..{gen.num_classes - 1}")
+        raise ValueError(f"sample.classes {classes}: expected a non-empty list of class ids "
+                         f"in 0..{gen.num_classes - 1}")
     per_class = int(scfg["per_class"])
     if per_class < 1:
         raise ValueError(f"sample.per_class must be >= 1, got {per_class}")

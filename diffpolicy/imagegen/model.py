@@ -95,7 +95,8 @@ class ImageGenerator(nn.Module):
         images, labels = batch["image"], batch["label"]
         expected = (self.channels, self.image_size, self.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"batch['image'] has shape {tuple(images.shape)}; expected (B, {', '.join(map(str, expected))})")
+            raise ValueError(f"batch['image'] has shape {tuple(images.shape)}; "
+                             f"expected (B, {', '.join(map(str, expected))})")
         self.check_labels(labels, allow_null=True)
         return self.objective.loss(self.net, images, self.drop_labels(labels, generator), generator)
 
