@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffpolicy.nets.unet1d import ConditionalUnet1D
+from diffpolicy.nets.unet1d import Conv1d, ConditionalUnet1D
 
 
 def test_shapes_and_time_sensitivity():
@@ -46,3 +46,33 @@ def test_wrong_global_condition_shape():
         net(torch.randn(2, 8, 2), torch.zeros(2), torch.randn(2, 5))
     with pytest.raises(ValueError, match="not divisible into 5 groups"):
         ConditionalUnet1D(action_dim=2, down_dims=(16, 32), n_groups=5)
+
+
+def test_precomputed_time_table_matches_per_step_and_rejects_other_times():
+    net = ConditionalUnet1D(action_dim=2, global_cond_dim=6, down_dims=(16, 32), n_groups=4)
+    x, g = torch.randn(3, 8, 2), torch.randn(3, 6)
+    times = torch.tensor([90.0, 60.0, 30.0, 0.0, 60.0], dtype=torch.float64)  # model times, float64, one repeat
+    fast = net.conditioned(g, times=times)
+    for t in (60.0, 0.0, 90.0):  # any order: rows are found by value
+        tt = torch.full((3,), t)
+        torch.testing.assert_close(fast(x, tt), net(x, tt, g), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="not in times"):
+        fast(x, torch.full((3,), 45.0))
+    with pytest.raises(ValueError, match=r"times: expected the \(N,\) model times"):
+        net.conditioned(g, times=times[None])
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("batch", [1, 3, 64])  # 64 x 16 rows takes torch's own convolution path
+def test_matrix_product_conv_equals_torch_conv(kernel, batch):
+    torch.manual_seed(0)
+    conv = Conv1d(12, 20, kernel, padding=kernel // 2)
+    x = torch.randn(batch, 12, 16, requires_grad=True)
+    ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=kernel // 2)
+    out = conv(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    ref_grads = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
