@@ -31,31 +31,39 @@ class StepEnv(gym.Env):
 
 def test_sync_inference_delay_costs_steps_with_the_held_action():
     policy = FakePolicy(delay=0.05)
-    env = StepEnv(30)
+    env = StepEnv(50)
     ctrl = fake_controller(policy, mode="sync")
     res = run_episode(env, ctrl, rate_hz=100.0, seed=0)  # 10 ms periods, 50 ms per replan
     ex = np.stack(env.executed)
-    assert res["length"] == 30 and res["success"] and res["late_steps"] >= 3
-    held = np.flatnonzero(np.all(ex[1:] == ex[:-1], axis=1)) + 1  # steps that repeated the previous command
-    assert len(held) == res["late_steps"]
-    # The replan from obs 8 computed while the robot held a_7 for the periods that passed; its first action is
-    # then executed late, in the step after them.
-    assert held[0] == 8 and ex[8, 0] == 7
-    n_held = np.argmax(np.diff(held) > 1) + 1 if np.any(np.diff(held) > 1) else len(held)
-    np.testing.assert_array_equal(ex[8 + n_held], [8, 8])
+    assert res["length"] == 50 and res["success"] and res["late_steps"] >= 3
+    repeat = np.r_[False, np.all(ex[1:] == ex[:-1], axis=1)]  # the robot re-executed the previous command
+    assert repeat.sum() == res["late_steps"]  # (the fake never plans the same action twice)
+    switches = np.flatnonzero(np.r_[False, ex[1:, 1] != ex[:-1, 1]])  # first step of each new chunk
+    assert len(switches) >= 1
+    for k in switches:
+        # While the replan computed (~5 periods) the robot held the previous action; the chunk then starts at its
+        # first action, planned for the step of its (by now stale) observation.
+        assert repeat[k - 3: k].all(), (k, ex[k - 4: k + 1])
+        np.testing.assert_array_equal(ex[k], [ex[k, 1], ex[k, 1]])
 
 
-def test_async_harness_keeps_pace_and_reports_delays():
+def test_async_harness_keeps_pace_and_skips_by_the_measured_delay():
     policy = FakePolicy(delay=0.03)
     env = StepEnv(40)
     ctrl = fake_controller(policy, mode="async", period=0.01)
     res = run_episode(env, ctrl, rate_hz=100.0, seed=0)
     ex = np.stack(env.executed)
-    assert res["late_steps"] <= 2  # a loaded CI machine may overrun a period or two
-    assert all(d >= 2 for d in list(res["delay_steps"])[1:])
-    # Async switching is exact in controller steps: without late steps, action k is the one planned for step k.
-    if res["late_steps"] == 0:
-        np.testing.assert_array_equal(ex[:, 0], np.arange(40))
+    assert res["late_steps"] <= 8  # only stalls of a loaded machine make the async loop late
+    assert max(res["delay_steps"]) >= 2  # 30 ms of inference at 10 ms per step
+    fresh = ex[np.r_[True, np.any(ex[1:] != ex[:-1], axis=1)]]  # one row per act (late steps repeat one)
+    if res["late_steps"] == 0:  # controller and env steps coincide: each action is the one planned for its step
+        np.testing.assert_array_equal(fresh[:, 0], np.arange(len(fresh)))
+    # Within a chunk, consecutive steps execute consecutive entries; a new chunk starts past the entries whose time
+    # passed while it was computed (dim 0 - dim 1 = steps since its observation >= 1 once warm).
+    same = fresh[1:, 1] == fresh[:-1, 1]
+    np.testing.assert_array_equal(np.diff(fresh[:, 0])[same], 1)
+    switch = np.flatnonzero(~same) + 1
+    assert len(switch) >= 3 and np.all(fresh[switch, 0] - fresh[switch, 1] >= 1)
     ctrl.close()
 
 
