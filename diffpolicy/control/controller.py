@@ -48,7 +48,13 @@ from .worker import InferenceWorker
 
 class Controller:
     """See the module docstring. ``period`` (seconds) enables deadline-miss counting; ``action_space`` (a Box or
-    ``(low, high)``) enables clipping."""
+    ``(low, high)``) enables clipping.
+
+    Fast path (:class:`~diffpolicy.control.sampling.ChunkSampler`): ``fast`` caches per-``(sampler, steps)`` tables;
+    ``compile`` runs the U-Net body through ``torch.compile`` (compiled during the warm-up: minutes on a 2-core CPU);
+    ``cuda_graph`` (default: on when the policy is on CUDA) captures the full chunk sample in a CUDA graph -- written
+    without a GPU, so that path is untested.
+    """
 
     def __init__(self, policy: Policy, obs_keys: Sequence[str], image_keys: Sequence[str] = (), crop_shape=None,
                  obs_shapes: Mapping[str, Sequence[int]] | None = None, sampler: str | None = None,
@@ -138,7 +144,9 @@ class Controller:
         return self.warmup_seconds
 
     def set_sampling(self, sampler: str | None = None, steps: int | None = None, warm_up: bool = True) -> None:
-        """Change the sampler and/or step count; takes effect at the next chunk launch."""
+        """Change the sampler and/or step count; takes effect at the next chunk launch. The warm-up samples one
+        chunk in the calling thread (and captures a graph on CUDA): call it between periods you can spare, or pass
+        ``warm_up=False``."""
         sampler = self.sampler if sampler is None else sampler
         steps = self.steps if steps is None else steps
         self.chunk_sampler.prepare(sampler, steps)
