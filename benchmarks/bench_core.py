@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from diffpolicy.core.compile import compile_unet
 from diffpolicy.core.objectives import DDPM
 from diffpolicy.core.samplers import ddim
 from diffpolicy.nets.unet1d import ConditionalUnet1D, FiLMResBlock
@@ -203,17 +202,13 @@ HEADER = ["| {} | p50 ms | p90 ms | min ms | CPU p50 ms | p50 / ref | min / ref 
 
 
 # -- cases -----------------------------------------------------------------------------------------------------------
-def sampling_cases(ref, ours, compiled, steps_list, cond):
+def sampling_cases(ref, ours, steps_list, cond):
     """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``."""
     obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0)
     x, t = torch.randn(1, HORIZON, ACTION_DIM), torch.tensor([50.0])
     cases = {("forward", 1, "ours"): lambda: ours(x, t, cond)}
     step = ours.conditioned(cond, times=t)
     cases[("step", 1, "ours")] = lambda: step(x, t)
-    if compiled is not None:
-        cases[("forward", 1, "ours compiled")] = lambda: compiled(x, t, cond)
-        cstep = compiled.conditioned(cond, times=t)
-        cases[("step", 1, "ours compiled")] = lambda: cstep(x, t)
     if ref is not None:
         t_ref = torch.tensor(50)
         cases[("forward", 1, "reference")] = lambda: ref(x, t_ref, global_cond=cond)
@@ -224,9 +219,6 @@ def sampling_cases(ref, ours, compiled, steps_list, cond):
         cases[("chunk", n, "ours")] = lambda s=sched, tm=times: ddim(
             obj.denoiser(ours.conditioned(cond, times=tm)), torch.randn(1, HORIZON, ACTION_DIM), s)
         cases[("sampler only", n, "ours")] = lambda s=sched: ddim(obj.denoiser(null), torch.randn(1, HORIZON, ACTION_DIM), s)
-        if compiled is not None:
-            cases[("chunk", n, "ours compiled")] = lambda s=sched, tm=times: ddim(
-                obj.denoiser(compiled.conditioned(cond, times=tm)), torch.randn(1, HORIZON, ACTION_DIM), s)
         if ref is not None:
             rs = reference_scheduler(n)
             cases[("chunk", n, "reference")] = lambda n=n, rs=rs: reference_chunk(ref, rs, n, cond)
@@ -273,8 +265,7 @@ def training_cases(ref_cls, widths, variants, batch):
         net = make_ours(widths)
         net.load_state_dict(init)
         opt = torch.optim.AdamW(net.parameters(), fused="fused" in v, **adamw)
-        model = compile_unet(net) if "compiled" in v else net
-        cases[f"ours {v}"] = (lambda m=model, o=opt, bf=("bf16" in v): our_train_step(m, o, obj, x0, cond, bf))
+        cases[f"ours {v}"] = (lambda m=net, o=opt, bf=("bf16" in v): our_train_step(m, o, obj, x0, cond, bf))
     return cases
 
 
@@ -337,10 +328,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=30, help="repetitions per sampling case")
     p.add_argument("--train-reps", type=int, default=5)
     p.add_argument("--train-batch", type=int, default=256)
-    p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw", "compiled fused-adamw"],
-                   help="our training variants; words: eager|compiled, fused-adamw, bf16")
-    p.add_argument("--compile", choices=["none", "default", "freeze"], default="freeze",
-                   help="compiled sampling rows: none, torch.compile, or torch.compile with frozen weights")
+    p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw"],
+                   help="our training variants, each a label with optional words fused-adamw, bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -364,19 +353,11 @@ def main(argv=None):
             ref = make_reference(ref_cls, widths).eval()
             ours.load_state_dict(convert_reference_state(ref.state_dict(), ours))
         cond = torch.randn(1, COND_DIM)
-        compiled = None
-        if a.compile != "none":
-            t0 = time.perf_counter()
-            compiled = compile_unet(ours, freeze=a.compile == "freeze")
-            with torch.inference_mode():  # compile both graphs (forward and trunk) outside the timing
-                compiled(torch.randn(1, HORIZON, ACTION_DIM), torch.ones(1), cond)
-                compiled.conditioned(cond)(torch.randn(1, HORIZON, ACTION_DIM), torch.ones(1))
-            print(f"compile ({a.compile}): {time.perf_counter() - t0:.0f} s\n")
-        cases = sampling_cases(ref, ours, compiled, a.steps, cond)
+        cases = sampling_cases(ref, ours, a.steps, cond)
         with torch.inference_mode():  # ours; the reference's own policy runs under no_grad, same cost on CPU
             load0 = load()
             times, cpu = interleaved(cases, a.reps, warmup=2, desc=f"sampling {wname}")
-        who = ["reference", "ours", "ours compiled"]
+        who = ["reference", "ours"]
         print(f"sampling, batch 1 (loadavg {load0} -> {load()}, {a.reps} reps, interleaved)\n")
         print("\n".join(sampling_report(times, cpu, a.steps, who)))
         if a.train_reps <= 0:
@@ -385,7 +366,7 @@ def main(argv=None):
         load0 = load()
         times, cpu = interleaved(cases, a.train_reps, warmup=1, desc=f"training {wname}")
         print(f"\ntraining step, batch {a.train_batch} (loadavg {load0} -> {load()}, {a.train_reps} reps, "
-              f"interleaved; the warm-up step also compiles)\n")
+              f"interleaved, after 1 warm-up step each)\n")
         print(HEADER[0].format("variant") + " samples/s (p50) | speed-up vs ref (p50; CPU p50) |")
         print(HEADER[1] + "---|---|")
         base, cbase = times.get("reference"), cpu.get("reference")

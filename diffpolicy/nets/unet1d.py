@@ -173,14 +173,10 @@ class ConditionalUnet1D(nn.Module):
 
 
 class ConditionedUnet:
-    """The per-chunk view of a :class:`ConditionalUnet1D`; see :meth:`ConditionalUnet1D.conditioned`.
+    """The per-chunk view of a :class:`ConditionalUnet1D`; see :meth:`ConditionalUnet1D.conditioned`."""
 
-    ``trunk(x, film, local_cond)`` runs the network body (``net.forward_film`` unless a compiled one is given).
-    """
-
-    def __init__(self, net: ConditionalUnet1D, global_cond, local_cond, times, trunk=None):
+    def __init__(self, net: ConditionalUnet1D, global_cond, local_cond, times):
         self.net, self.global_cond, self.local_cond = net, global_cond, local_cond
-        self.trunk = trunk or net.forward_film
         self.cond_part = None
         self.times, self.time_table = None, None
         if times is not None:
@@ -201,4 +197,4 @@ class ConditionedUnet:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, _cond=None) -> torch.Tensor:
         if self.cond_part is None:
             self.cond_part = self.net.cond_film(self.global_cond, x.shape[0])
-        return self.trunk(x, self.cond_part + self.time_part(t), self.local_cond)
+        return self.net.forward_film(x, self.cond_part + self.time_part(t), self.local_cond)
