@@ -10,7 +10,10 @@ converted into our layout and both networks are compared on a forward and a full
 The reference is never part of this repository: fetch it as described in ``benchmarks/reference_unet.md`` and pass
 its directory with ``--reference DIR`` or ``DIFFPOLICY_DP_REFERENCE=DIR``; without it only our rows are measured.
 
-    python benchmarks/bench_core.py --reference /tmp/dpref
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_core.py --reference /tmp/dpref
+
+(``OMP_WAIT_POLICY=PASSIVE`` keeps the two OpenMP threads from spinning against other jobs on a shared machine;
+results and their exact commands: ``benchmarks/results/core.md``.)
 """
 
 from __future__ import annotations
