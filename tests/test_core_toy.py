@@ -1,7 +1,6 @@
 """A tiny MLP learns a 2-D mixture of 8 Gaussians under each objective and recovers every mode."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -38,14 +37,12 @@ def test_every_mode_is_recovered(objective, sampler):
     net = ToyNet()
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3000)
-    start = time.perf_counter()
     for _ in range(3000):
         loss = objective.loss(net, draw(256, g), generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    assert time.perf_counter() - start < 60
     with torch.no_grad():
         x = sample(objective, net, torch.randn(4000, 2, generator=g), sampler=sampler, steps=20)
     dist, mode = torch.cdist(x, CENTERS).min(1)

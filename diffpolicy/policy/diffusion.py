@@ -31,5 +31,8 @@ class DiffusionPolicy(Policy):
         """Sample a normalised chunk ``(B, T, Da)``; ``mask``/``known`` (normalised units) hold entries fixed."""
         noise = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator,
                             device=cond.device, dtype=cond.dtype)
-        return sample(self.objective, self.net.conditioned(cond), noise, None, sampler=sampler or self.sampler,
-                      steps=steps or self.steps, mask=mask, known=known, generator=generator, **sampler_kwargs)
+        schedule = self.objective.sampling_schedule(steps or self.steps)
+        # The condition's FiLM part once per chunk, the time parts of all steps in one batched call.
+        net = self.net.conditioned(cond, times=schedule.model_time[:-1])
+        return sample(self.objective, net, noise, None, sampler=sampler or self.sampler, schedule=schedule,
+                      mask=mask, known=known, generator=generator, **sampler_kwargs)
