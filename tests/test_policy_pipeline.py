@@ -89,3 +89,17 @@ def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(dataset, 
     (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="does not match its config"):
         load_policy(tmp_path / "run")
+
+
+@pytest.mark.parametrize("successes", [0, 3, 5])
+def test_summary_plot_and_interval_at_the_extremes(tmp_path, successes):
+    from diffpolicy.policy.rollout import plot_summary, summarize, wilson_interval
+
+    episodes = [{"episode": i, "success": i < successes, "max_reward": 1.0 if i < successes else 0.3,
+                 "final_reward": 0.2, "length": 10} for i in range(5)]
+    summary = summarize(episodes)
+    lo, hi = summary["success_ci95"]
+    assert 0 <= lo <= summary["success_rate"] + 1e-12 and summary["success_rate"] - 1e-12 <= hi <= 1
+    plot_summary(summary, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    assert wilson_interval(50, 100)[0] < 0.5 < wilson_interval(50, 100)[1]

@@ -175,8 +175,9 @@ def plot_summary(summary: dict, path: str | Path, title: str = "") -> None:
     eps = summary["episodes"]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), gridspec_kw={"width_ratios": [1, 4]})
     lo, hi = summary["success_ci95"]
-    ax[0].bar([0], [summary["success_rate"]], yerr=[[summary["success_rate"] - lo], [hi - summary["success_rate"]]],
-              color="tab:green", capsize=6)
+    rate = summary["success_rate"]
+    err = [[max(0.0, rate - lo)], [max(0.0, hi - rate)]]  # the Wilson bounds can round past the rate at 0 or 1
+    ax[0].bar([0], [rate], yerr=err, color="tab:green", capsize=6)
     ax[0].set(xticks=[], ylim=(0, 1), title=f"success {summary['success_rate']:.2f}")
     colors = ["tab:green" if e["success"] else "tab:red" for e in eps]
     ax[1].bar([e["episode"] for e in eps], [e["max_reward"] for e in eps], color=colors)
