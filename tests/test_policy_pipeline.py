@@ -1,6 +1,7 @@
 """End to end on a tiny TwoPath dataset: train (smoke budget), evaluate, reload, and fail on bad checkpoints."""
 
 import json
+import subprocess
 
 import gymnasium as gym
 import numpy as np
@@ -81,6 +82,12 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
 
 def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(dataset, tmp_path):
     train_cli.run(config(dataset, tmp_path / "run", "mlp_bc"))
+    # The installed console script, through hydra, with the defaults of configs/eval.yaml.
+    cli = subprocess.run(["diffpolicy-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",
+                          "video_episodes=0"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "success" in cli.stdout and (tmp_path / "run/eval/regression_0/summary.json").is_file()
+    assert not (tmp_path / "outputs").exists()
     with pytest.raises(ValueError, match="trained on 'diffpolicy/TwoPath-v0', not 'diffpolicy/PushT-v0'"):
         load_policy(tmp_path / "run", expect_task="diffpolicy/PushT-v0")
     ckpt = tmp_path / "run/checkpoints" / (tmp_path / "run/checkpoints/latest").read_text().strip()
