@@ -1,0 +1,52 @@
+"""Plot success rate (95% CI) against sampling steps from the summaries diffpolicy-eval wrote.
+
+    python benchmarks/plot_success_vs_steps.py --out benchmarks/results/success_vs_steps.png \
+        TwoPath=/work/exp/tp_ddpm,/work/exp/tp_flow ArmPick=/work/exp/arm_ddpm,/work/exp/arm_flow
+
+Each run directory's ``eval/<sampler>_<steps>/summary.json`` becomes one point of its sampler's curve.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def curves(run_dirs):
+    """``{label: [(steps, rate, lo, hi)]}`` for every ``eval/<sampler>_<steps>`` of the runs."""
+    out = {}
+    for run in run_dirs:
+        for summary in sorted(Path(run).glob("eval/*_*/summary.json")):
+            sampler, steps = summary.parent.name.rsplit("_", 1)
+            s = json.loads(summary.read_text())
+            label = f"{Path(run).name} {sampler}"
+            out.setdefault(label, []).append((int(steps), s["success_rate"], *s["success_ci95"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tasks", nargs="+", help="TITLE=run_dir[,run_dir...]")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    fig, axes = plt.subplots(1, len(args.tasks), figsize=(5 * len(args.tasks), 3.8), squeeze=False)
+    for ax, spec in zip(axes[0], args.tasks):
+        title, runs = spec.split("=", 1)
+        for label, pts in curves(runs.split(",")).items():
+            steps, rate, lo, hi = zip(*pts)
+            err = [[max(0, r - a) for r, a in zip(rate, lo)], [max(0, b - r) for r, b in zip(rate, hi)]]
+            ax.errorbar(steps, rate, yerr=err, marker="o", capsize=3, label=label)
+        ax.set(xscale="log", xlabel="sampling steps", ylabel="success (95% CI)", ylim=(0, 1.05), title=title)
+        ax.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    print(f"wrote {Path(args.out).resolve()}")
+
+
+if __name__ == "__main__":
+    main()
