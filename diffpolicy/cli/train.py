@@ -92,7 +92,7 @@ def run(cfg: dict) -> dict:
         train_seconds = t0 - clock["start"] - clock["eval"]  # of this process (a resumed run restarts the clock)
         s = rollouts(model, step)
         clock["eval"] += time.perf_counter() - t0
-        row = {"step": step, "train_seconds": round(train_seconds, 1), "success_rate": s["success_rate"],
+        row = {"step": step, "train_seconds": round(train_seconds, 3), "success_rate": s["success_rate"],
                "mean_max_reward": s["mean_max_reward"]}
         with open(run_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
