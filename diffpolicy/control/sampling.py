@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from ..core.samplers import SAMPLERS
+from ..nets.unet1d import ConditionedUnet
 from ..policy.base import Policy
 from ..policy.diffusion import DiffusionPolicy
 
@@ -88,20 +89,13 @@ class ChunkSampler:
     def _sample_fn(self, sampler: str, steps: int) -> Callable:
         key = (sampler, steps)
         if key not in self._tables:
-            pol = self.policy
-            schedule = pol.objective.sampling_schedule(steps).to(device=self.device, dtype=torch.float32)
-            times = torch.unique(schedule.model_time[:-1])
-            self._tables[key] = (schedule, times, pol.net.time_film(times))
-        schedule, times, table = self._tables[key]
+            schedule = self.policy.objective.sampling_schedule(steps).to(device=self.device, dtype=torch.float32)
+            self._tables[key] = (schedule, self.policy.net.time_table(schedule.model_time[:-1]))
+        schedule, time_table = self._tables[key]
         net, trunk, objective, fn = self.policy.net, self._trunk, self.policy.objective, SAMPLERS[sampler]
 
         def run(cond, noise, mask, known, generator=None):
-            cond_part = net.cond_film(cond, cond.shape[0])
-
-            def conditioned(x, t, _cond=None):
-                hit = (t[:, None] == times[None]).to(table.dtype)  # (B, N) one-hot row of the schedule grid
-                return trunk(x, cond_part + hit @ table, None)
-
+            conditioned = ConditionedUnet(net, cond, None, time_table=time_table, trunk=trunk)
             return fn(objective.denoiser(conditioned), noise, schedule, generator=generator, mask=mask, known=known)
 
         return run

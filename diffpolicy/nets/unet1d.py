@@ -161,6 +161,14 @@ class ConditionalUnet1D(nn.Module):
             h = upsample(b2(h, next(it)))
         return self.final(h).transpose(1, 2)
 
+    def time_table(self, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(unique times (N,), their FiLM time parts (N, F))`` for a schedule's model times ``(N,)``."""
+        if times.ndim != 1:
+            raise ValueError(f"times: expected the (N,) model times of a schedule, got shape {tuple(times.shape)}")
+        w = self.film.weight
+        unique = torch.unique(times.to(device=w.device, dtype=w.dtype))  # a repeat would add its row twice
+        return unique, self.time_film(unique)
+
     def conditioned(self, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None,
                     times: torch.Tensor | None = None):
         """A ``net(x, t, cond)`` callable for samplers with the condition's FiLM part computed once.
@@ -175,16 +183,15 @@ class ConditionalUnet1D(nn.Module):
 class ConditionedUnet:
     """The per-chunk view of a :class:`ConditionalUnet1D`; see :meth:`ConditionalUnet1D.conditioned`."""
 
-    def __init__(self, net: ConditionalUnet1D, global_cond, local_cond, times):
+    def __init__(self, net: ConditionalUnet1D, global_cond, local_cond, times=None, time_table=None, trunk=None):
+        """``time_table``: a cached ``net.time_table(times)`` pair instead of ``times``; ``trunk``: a replacement
+        for ``net.forward_film`` with its signature (e.g. a compiled one)."""
         self.net, self.global_cond, self.local_cond = net, global_cond, local_cond
+        self.trunk = trunk or net.forward_film
         self.cond_part = None
-        self.times, self.time_table = None, None
+        self.times, self.time_table = time_table if time_table is not None else (None, None)
         if times is not None:
-            if times.ndim != 1:
-                raise ValueError(f"times: expected the (N,) model times of a schedule, got shape {tuple(times.shape)}")
-            w = net.film.weight
-            self.times = torch.unique(times.to(device=w.device, dtype=w.dtype))  # a repeat would add its row twice
-            self.time_table = net.time_film(self.times)
+            self.times, self.time_table = net.time_table(times)
 
     def time_part(self, t: torch.Tensor) -> torch.Tensor:
         """``(B,)`` -> ``(B, F)``, from the table when one was precomputed."""
@@ -197,4 +204,4 @@ class ConditionedUnet:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, _cond=None) -> torch.Tensor:
         if self.cond_part is None:
             self.cond_part = self.net.cond_film(self.global_cond, x.shape[0])
-        return self.net.forward_film(x, self.cond_part + self.time_part(t), self.local_cond)
+        return self.trunk(x, self.cond_part + self.time_part(t), self.local_cond)
