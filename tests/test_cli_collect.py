@@ -114,6 +114,25 @@ def test_worker_count_does_not_change_the_dataset(tmp_path):
     assert a.attrs["episode_seeds"] == b.attrs["episode_seeds"]
 
 
+def test_action_noise_perturbs_execution_and_records_the_clean_action(tmp_path):
+    noisy = {**TASK, "expert_action_noise": 0.1}
+    a = collect_dataset(noisy, n_episodes=4, out=str(tmp_path / "a.zarr"), seed=1, workers=1, progress=False)
+    b = collect_dataset(noisy, n_episodes=4, out=str(tmp_path / "b.zarr"), seed=1, workers=2, progress=False)
+    ra, rb = ReplayBuffer.open(a["path"]), ReplayBuffer.open(b["path"])
+    np.testing.assert_array_equal(ra.array("state")[:], rb.array("state")[:])  # seeded: same demos
+    assert ra.attrs["action_noise"] == 0.1
+    executed_minus_recorded = []
+    for i in range(ra.n_episodes):
+        ep = ra.get_episode(i)
+        x, act = ep["state"][:, 0], ep["action"][:, 0]
+        # labels are the expert's clean actions for the states it saw (its clipped step + its per-episode offset)
+        offset = act - np.clip(ep["state"][:, 1] - x, -0.5, 0.5)
+        assert np.ptp(offset) < 1e-5
+        executed_minus_recorded.append(np.diff(x) - act[:-1])
+    d = np.concatenate(executed_minus_recorded)
+    assert 0.03 < d.std() < 0.3 and abs(d.mean()) < 0.1
+
+
 def test_keep_failed_and_overwrite(tmp_path):
     out = tmp_path / "all.zarr.zip"
     s = collect_dataset(TASK, n_episodes=4, out=str(out), keep_failed=True, workers=1, progress=False)

@@ -186,6 +186,23 @@ def test_expert_is_a_deterministic_function_of_the_state():
     assert np.linalg.norm(np.diff(a, axis=0), axis=1).max() < 60.0
 
 
+def test_expert_replans_when_disturbances_push_the_block_off_its_plan():
+    from diffpolicy.envs.experts.pusht import PushTExpert
+
+    env = gym.make(ENV_ID)
+    plans = []
+    for noise in (0.0, 5.0):
+        obs, _ = env.reset(seed=4)
+        expert, rng = PushTExpert(env.unwrapped), np.random.default_rng(0)
+        for _ in range(300):
+            obs, _, terminated, truncated, info = env.step(expert.act(obs) + rng.normal(0.0, noise, 2))
+            if terminated or truncated:
+                break
+        assert info["is_success"]
+        plans.append(len(expert.plan_log))
+    assert plans[1] > plans[0]  # undisturbed strokes run to their end; disturbed ones are cut short and replanned
+
+
 def test_physics_stays_stable_when_the_block_is_driven_into_walls():
     import mujoco
 

@@ -18,11 +18,13 @@ from diffpolicy.data.collect import DEFAULT_EXPERT, DEFAULT_IMPORTS, RolloutSpec
 
 
 def spec_from_task(task: Mapping[str, Any]) -> RolloutSpec:
-    """The rollout spec of a task config (``env_id``, ``env_kwargs``, optional ``expert``/``imports``/``record_info``)."""
+    """The rollout spec of a task config (``env_id``, ``env_kwargs``, optional ``expert``/``imports``/``record_info``/
+    ``expert_action_noise``)."""
     return RolloutSpec(env_id=task["env_id"], env_kwargs=dict(task.get("env_kwargs") or {}),
                        expert=task.get("expert") or DEFAULT_EXPERT,
                        imports=tuple(task.get("imports") or DEFAULT_IMPORTS),
-                       record_info=tuple(task.get("record_info") or ()))
+                       record_info=tuple(task.get("record_info") or ()),
+                       action_noise=float(task.get("expert_action_noise") or 0.0))
 
 
 def collect_dataset(task: Mapping[str, Any], n_episodes: int, out: str, seed: int = 0, workers: int = 2,

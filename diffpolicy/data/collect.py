@@ -38,6 +38,9 @@ class RolloutSpec:
     expert: str = DEFAULT_EXPERT  # "module:function" with signature (env_id, env, seed) -> expert
     imports: Sequence[str] = DEFAULT_IMPORTS  # modules whose import registers env_id with gymnasium
     record_info: Sequence[str] = ()  # final-step info keys kept per episode (e.g. TwoPath's "solution")
+    # DART-style noise: the env executes expert action + N(0, action_noise^2) (action units), the store records the
+    # expert's clean action, so the demos also visit states just off the expert's path and show how it recovers.
+    action_noise: float = 0.0
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Roller:
         obs, info = self.env.reset(seed=seed)
         expert = self.make_expert(self.spec.env_id, self.env, seed)
         expert.reset()
+        noise = np.random.default_rng([seed, 1])  # its own stream: the expert's draws do not depend on it
         steps: dict[str, list] = {}
         while True:
             action = np.asarray(expert.act(obs), dtype=np.float32)
@@ -81,7 +85,10 @@ class Roller:
             for key, value in frame.items():
                 steps.setdefault(key, []).append(np.asarray(value))
             steps.setdefault("action", []).append(action)
-            obs, _, terminated, truncated, info = self.env.step(action)
+            executed = action
+            if self.spec.action_noise > 0:
+                executed = (action + noise.normal(0.0, self.spec.action_noise, action.shape)).astype(np.float32)
+            obs, _, terminated, truncated, info = self.env.step(executed)
             if terminated or truncated:
                 break
         kept_info = {k: _plain(info.get(k)) for k in self.spec.record_info}
@@ -165,7 +172,7 @@ def collect(spec: RolloutSpec, n_episodes: int, out: str | os.PathLike, seed: in
         seconds = time.perf_counter() - t0
         summary = {
             "env_id": spec.env_id, "env_kwargs": dict(spec.env_kwargs), "obs_type": spec.env_kwargs.get("obs_type"),
-            "expert": spec.expert, "seed": seed, "control_hz": kept[0].control_hz, "n_requested": n_episodes,
+            "expert": spec.expert, "action_noise": spec.action_noise, "seed": seed, "control_hz": kept[0].control_hz, "n_requested": n_episodes,
             "n_attempted": attempted, "n_kept": len(kept), "n_successful": sum(e.success for e in kept),
             "keep_failed": keep_failed, "yield": len(kept) / attempted,
             "episode_seeds": [e.seed for e in kept], "episode_success": [e.success for e in kept],

@@ -6,7 +6,9 @@ contact point along a chosen direction for a chosen length, then hold for two st
 the whole stroke out from the current simulator state (``mujoco.rollout`` on a scratch ``MjData``: the expert uses
 privileged state and the simulator itself), so the predicted outcome is the real one. The expert scores candidates
 by progress per control step, where progress is the drop of the mean distance between the block's 9 keypoints and
-the goal's; strokes that reach coverage >= 0.95 on the way are preferred outright (the episode ends there).
+the goal's; strokes that reach coverage >= 0.95 on the way are preferred outright (the episode ends there). A stroke
+runs open loop while the block follows its predicted path; when a disturbance (e.g. the collector's DART noise on
+the executed actions) moves the block off that path, the expert drops the rest of the stroke and replans.
 
 Candidates: a fixed grid (contact points evenly spaced along the outline x push directions x push lengths scaled to
 the remaining error), then a fixed local grid around the best strokes (and small pushes when nothing improves); the
@@ -30,6 +32,7 @@ WORKSPACE = 512.0
 CLEAR = 22.0  # centre-to-block clearance kept while travelling (agent radius + margin for the PD lag)
 NODE_OFFSET = 28.0  # inflated convex corners sit this far from both adjacent edges
 PUSH_BACKOFF = CLEAR + 2.0  # a stroke starts this far behind its contact point
+REPLAN_ERROR = 3.0  # replan when the block is this far (mean keypoint distance) from where the stroke predicted
 # Convex corners of the T in its body frame and their outward diagonal directions (signs).
 CONVEX = np.array([(-60, 0), (60, 0), (60, 30), (15, 120), (-15, 120), (-60, 30)], dtype=np.float64)
 CONVEX_DIR = np.array([(-1, -1), (1, -1), (1, 1), (1, 1), (-1, 1), (-1, 1)], dtype=np.float64)
@@ -80,6 +83,7 @@ class PushTExpert:
     def reset(self) -> None:
         """Forget the current stroke."""
         self.queue: list[np.ndarray] = []
+        self.expected = np.zeros((0, 3))  # the block pose the current stroke predicts after each of its steps
         self._last_time = -1.0
         self.plan_log = []
 
@@ -87,10 +91,22 @@ class PushTExpert:
         """Next end-effector target (2,) float32; ``obs`` is unused (the expert reads the simulator)."""
         if self.env.data.time < self._last_time:  # the env was reset without ``reset()``: drop the old stroke
             self.queue = []
+        if self.queue and self._off_plan():
+            self.queue = []
         if not self.queue:
-            self.queue = self._plan()
+            self.queue, self.expected = self._plan()
         self._last_time = self.env.data.time
         return self.queue.pop(0).astype(np.float32)
+
+    def _off_plan(self) -> bool:
+        """Whether the block has left the pose the plan predicted for now (by > ``REPLAN_ERROR`` mean keypoint
+        distance): then the rest of the stroke is stale and the expert replans. Never true without disturbances,
+        since the plan was rolled out in the same simulator."""
+        done = len(self.expected) - len(self.queue)  # control steps of this stroke executed so far
+        if not 0 < done <= len(self.expected):  # at a stroke's start, or a stroke without prediction
+            return False
+        predicted = self.expected[done - 1]
+        return float(_keypoint_error(np.array(self.env.block_pose()), geom.keypoints(*predicted))) > REPLAN_ERROR
 
     # --------------------------------------------------------------------------------------------- candidates
     def _grid(self, lengths: np.ndarray):
@@ -196,8 +212,9 @@ class PushTExpert:
         return np.vstack([out, push, push[-1:], push[-1:]])
 
     # ------------------------------------------------------------------------------------------------- plan
-    def _plan(self) -> list[np.ndarray]:
-        """Choose the next stroke from the current simulator state; returns its targets, one (2,) per control step."""
+    def _plan(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Choose the next stroke from the current simulator state; returns its targets, one (2,) per control step,
+        and the block poses (k, 3) it predicts after each step."""
         env = self.env
         pose = env.block_pose()
         agent = env.data.qpos[:2].copy()
@@ -215,10 +232,10 @@ class PushTExpert:
             heading = agent - com if np.linalg.norm(agent - com) > 1e-6 else WORKSPACE / 2 - agent
             aside = np.clip(agent + 40.0 * heading / max(np.linalg.norm(heading), 1e-9), 0.0, WORKSPACE)
             self.plan_log.append({"err": err, "score": float("nan"), "steps": 3})
-            return list(_resample(np.array([agent, aside]), 40.0 / 3))
+            return list(_resample(np.array([agent, aside]), 40.0 / 3)), np.zeros((0, 3))
         k = int(best["order"][0])
         self.plan_log.append({"err": err, "score": float(best["score"][k]), "steps": len(best["controls"][k])})
-        return list(best["controls"][k])
+        return list(best["controls"][k]), best["poses"][k]
 
     def _evaluate(self, pose, params, lead, nodes, dist, parent, err):
         """Roll out every valid stroke from the current state; returns scores, order and controls per candidate."""
@@ -227,9 +244,10 @@ class PushTExpert:
         ok &= np.isfinite(travel)
         idx = np.flatnonzero(ok)
         scores = np.full(len(ok), -np.inf)
-        controls = [None] * len(ok)
+        controls, predicted = [None] * len(ok), [None] * len(ok)
         if len(idx) == 0:
-            return {"score": scores, "order": np.argsort(-scores), "controls": controls, "params": params, "n_good": 0}
+            return {"score": scores, "order": np.argsort(-scores), "controls": controls, "poses": predicted,
+                    "params": params, "n_good": 0}
         ctrl_list = [self._controls(lead, nodes, parent, via[i], start[i], end[i]) for i in idx]
         lens = np.array([len(c) for c in ctrl_list])
         horizon = int(lens.max())
@@ -260,8 +278,9 @@ class PushTExpert:
         scores[idx] = sc
         for r, i in enumerate(idx):
             controls[i] = ctrl_list[r]
-        return {"score": scores, "order": np.argsort(-scores), "controls": controls, "params": params,
-                "n_good": int(good.sum())}
+            predicted[i] = poses[r, : len(ctrl_list[r])]
+        return {"score": scores, "order": np.argsort(-scores), "controls": controls, "poses": predicted,
+                "params": params, "n_good": int(good.sum())}
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -269,7 +288,7 @@ def _merge(a: dict, b: dict) -> dict:
     score = np.concatenate([a["score"], b["score"]])
     params = tuple(np.concatenate(pair) for pair in zip(a["params"], b["params"]))
     return {"score": score, "order": np.argsort(-score), "controls": a["controls"] + b["controls"],
-            "params": params, "n_good": a["n_good"] + b["n_good"]}
+            "poses": a["poses"] + b["poses"], "params": params, "n_good": a["n_good"] + b["n_good"]}
 
 
 def _resample(poly: np.ndarray, speed: float) -> np.ndarray:
