@@ -77,7 +77,14 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
     res = eval_cli.run({"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5,
                         "sampler": None, "steps": None, "video_episodes": 0, "out": str(tmp_path / "ev")})
     again = json.loads((tmp_path / "ev/summary.json").read_text())
-    assert again["episodes"] == res["episodes"]
+    assert again["episodes"] == res["episodes"] and again["n_action_steps"] == 8
+    replan = eval_cli.run({"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5,
+                           "n_action_steps": 2, "video_episodes": 0, "out": str(tmp_path / "ev2")})
+    assert replan["n_action_steps"] == 2
+    if policy != "mlp_bc":  # executing 2 of 8 changes the rollout of a closed-loop policy
+        assert replan["episodes"] != res["episodes"]
+    with pytest.raises(ValueError, match=r"n_action_steps \(16\) exceeds the horizon \(16\)"):
+        policy_obj.set_n_action_steps(16)
 
 
 def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(dataset, tmp_path):

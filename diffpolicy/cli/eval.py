@@ -1,6 +1,6 @@
 """diffpolicy-eval: success rate, rewards, videos and a summary plot of a trained policy.
 
-    diffpolicy-eval checkpoint=runs/pusht/unet_ddpm_... n_episodes=100 sampler=ddim steps=4
+    diffpolicy-eval checkpoint=runs/pusht/unet_ddpm_... n_episodes=100 sampler=ddim steps=4 [n_action_steps=2]
 
 Reports the success rate with a 95% confidence interval and, separately, the mean per-episode *max* reward (for
 PushT the max-coverage score that the Diffusion Policy paper reports; it is much higher than the success rate at
@@ -27,12 +27,16 @@ def run(cfg: dict) -> dict:
     task = config["task"]
     kwargs = {k: cfg[k] for k in ("sampler", "steps") if cfg.get(k) is not None}
     label = f"{kwargs.get('sampler', getattr(policy, 'sampler', 'regression'))}_{kwargs.get('steps', getattr(policy, 'steps', 0))}"
+    if cfg.get("n_action_steps") is not None:
+        policy.set_n_action_steps(cfg["n_action_steps"])
+        label += f"_exec{policy.n_action_steps}"
     out = Path(cfg["out"]) if cfg.get("out") else ckpt.parent.parent / "eval" / label
     print(f"evaluating {ckpt} on {task['env_id']} ({label}); writing to {out.resolve()}")
     summary = evaluate(policy, task["env_id"], task.get("env_kwargs", {}), task["obs_keys"], task.get("image_keys", []),
                        task.get("crop_shape"), n_episodes=cfg["n_episodes"], seed=cfg["seed"], n_envs=cfg["n_envs"],
                        video_episodes=cfg["video_episodes"], video_dir=out / "videos", device=device, **kwargs)
-    summary.update(checkpoint=str(ckpt), env_id=task["env_id"], policy=config["policy"]["name"], **kwargs)
+    summary.update(checkpoint=str(ckpt), env_id=task["env_id"], policy=config["policy"]["name"],
+                   n_action_steps=policy.n_action_steps, **kwargs)
     save_summary(summary, out, f"{task['env_id']} {config['policy']['name']} {label}")
     return summary
 

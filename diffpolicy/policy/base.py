@@ -20,12 +20,18 @@ class Policy(nn.Module):
     def __init__(self, normalizer: Normalizer, encoder: ObservationEncoder, action_dim: int, horizon: int,
                  n_obs_steps: int, n_action_steps: int, action_key: str = "action"):
         super().__init__()
-        if n_obs_steps - 1 + n_action_steps > horizon:
-            raise ValueError(f"n_obs_steps ({n_obs_steps}) - 1 + n_action_steps ({n_action_steps}) exceeds the "
-                             f"horizon ({horizon}): the executed actions must lie inside the predicted chunk")
         self.normalizer, self.encoder = normalizer, encoder
         self.action_dim, self.horizon = action_dim, horizon
-        self.n_obs_steps, self.n_action_steps, self.action_key = n_obs_steps, n_action_steps, action_key
+        self.n_obs_steps, self.action_key = n_obs_steps, action_key
+        self.set_n_action_steps(n_action_steps)
+
+    def set_n_action_steps(self, n_action_steps: int) -> None:
+        """How many actions of each chunk are executed before replanning (changeable after training)."""
+        if not 1 <= n_action_steps <= self.horizon - self.n_obs_steps + 1:
+            raise ValueError(f"n_obs_steps ({self.n_obs_steps}) - 1 + n_action_steps ({n_action_steps}) exceeds the "
+                             f"horizon ({self.horizon}), or n_action_steps < 1: the executed actions must lie inside "
+                             f"the predicted chunk")
+        self.n_action_steps = n_action_steps
 
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalise low-dim keys and encode everything: ``{key: (B, To, ...)}`` -> ``(B, To * F)``."""
