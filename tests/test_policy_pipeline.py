@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from importlib import resources
 
 import gymnasium as gym
 import numpy as np
@@ -117,3 +118,25 @@ def test_summary_plot_and_interval_at_the_extremes(tmp_path, successes):
     plot_summary(summary, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
     assert wilson_interval(50, 100)[0] < 0.5 < wilson_interval(50, 100)[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name.removesuffix(".yaml") for p in
+                                        resources.files("diffpolicy.configs").joinpath("policy").iterdir()
+                                        if p.name.endswith(".yaml")))
+def test_every_shipped_policy_config_builds_a_policy_at_pusht_shapes(name):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from diffpolicy.core.normalize import Normalizer
+    from diffpolicy.policy.factory import build_policy
+
+    with initialize_config_module("diffpolicy.configs", version_base=None):
+        cfg = OmegaConf.to_container(compose("train", overrides=[f"policy={name}"]), resolve=True)
+    assert cfg["policy"]["name"] == name
+    data = {"keypoint": np.random.rand(50, 18), "agent_pos": np.random.rand(50, 2), "action": np.random.rand(50, 2)}
+    norm = Normalizer.fit(data, {k: "minmax" for k in data})
+    policy = build_policy(cfg["policy"], norm, {"keypoint": (18,), "agent_pos": (2,)}, [], 2)
+    obs = {"keypoint": torch.rand(2, policy.n_obs_steps, 18), "agent_pos": torch.rand(2, policy.n_obs_steps, 2)}
+    out = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
+    assert out["action"].shape == (2, cfg["policy"]["n_action_steps"], 2)
+    assert out["action_pred"].shape == (2, cfg["policy"]["horizon"], 2) and torch.isfinite(out["action"]).all()
