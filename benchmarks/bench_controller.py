@@ -72,7 +72,8 @@ def harness(args) -> dict:
     out = {}
     for mode in args.modes:
         ctrl = Controller.from_checkpoint(args.checkpoint, device="cpu", sampler=args.sampler, steps=args.steps,
-                                          control_hz=args.rate, seed=args.seed, **MODES[mode])
+                                          control_hz=args.rate, seed=args.seed, execute_steps=args.execute_steps,
+                                          **MODES[mode])
         res = run_harness(ctrl, ctrl_task(args.checkpoint)["env_id"], ctrl_task(args.checkpoint)["env_kwargs"],
                           args.rate, args.episodes, seed=args.seed)
         ctrl.close()
@@ -145,6 +146,8 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None, help="sampler steps per chunk (harness, soak)")
+    p.add_argument("--execute-steps", type=int, default=None,
+                   help="actions executed per chunk (harness); default: the policy's n_action_steps (1 if ensembling)")
     p.add_argument("--n-steps", type=int, default=10_000, help="control steps of the soak")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--out", default=None, help="also write the JSON here")

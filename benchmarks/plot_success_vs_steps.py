@@ -3,11 +3,13 @@
     python benchmarks/plot_success_vs_steps.py --out benchmarks/results/success_vs_steps.png \
         TwoPath=/work/exp/tp_ddpm,/work/exp/tp_flow ArmPick=/work/exp/arm_ddpm,/work/exp/arm_flow
 
-Each run directory's ``eval/<sampler>_<steps>/summary.json`` becomes one point of its sampler's curve.
+Each run directory's ``eval/<sampler>_<steps>[_exec<K>]/summary.json`` becomes one point of its sampler's curve
+(one curve per executed-actions setting).
 """
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -16,14 +18,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+LABEL = re.compile(r"^(.+)_(\d+)(?:_exec(\d+))?$")  # diffpolicy-eval's <sampler>_<steps>[_exec<n_action_steps>]
+
+
 def curves(run_dirs):
     """``{label: [(steps, rate, lo, hi)]}`` for every ``eval/<sampler>_<steps>`` of the runs."""
     out = {}
     for run in run_dirs:
         for summary in sorted(Path(run).glob("eval/*_*/summary.json")):
-            sampler, steps = summary.parent.name.rsplit("_", 1)
+            m = LABEL.match(summary.parent.name)
+            if m is None:
+                continue
+            sampler, steps, executed = m.groups()
             s = json.loads(summary.read_text())
-            label = f"{Path(run).name} {sampler}"
+            label = f"{Path(run).name} {sampler}" + (f", executing {executed}" if executed else "")
             out.setdefault(label, []).append((int(steps), s["success_rate"], *s["success_ci95"]))
     return {k: sorted(v) for k, v in out.items()}
 
