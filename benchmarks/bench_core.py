@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from diffpolicy.core.objectives import DDPM
 from diffpolicy.core.samplers import ddim
-from diffpolicy.nets.unet1d import ConditionalUnet1D, FiLMResBlock
+from diffpolicy.nets.unet1d import ConditionalUnet1D, ConditionedUnet, FiLMResBlock
 
 WIDTHS = {"small": (64, 128, 256), "large": (256, 512, 1024)}
 HORIZON, ACTION_DIM, COND_DIM = 16, 2, 40
@@ -165,6 +165,21 @@ def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
     return out
 
 
+@torch.inference_mode()
+def compiled_check(ours, trunk, cond, steps_list) -> str:
+    """Compile (timed) and compare compiled and eager DDIM chunks from the same noise."""
+    obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0)
+    t0, diffs = time.perf_counter(), []
+    for n in steps_list:
+        sched = obj.sampling_schedule(n, "leading")
+        noise = torch.randn(1, HORIZON, ACTION_DIM, generator=torch.Generator().manual_seed(n))
+        runs = [ddim(obj.denoiser(ConditionedUnet(ours, cond, None, times=sched.model_time[:-1], trunk=tr)),
+                     noise, sched) for tr in (trunk, None)]
+        diffs.append((runs[0] - runs[1]).abs().max().item())
+    return (f"torch.compile of the trunk: first chunks took {time.perf_counter() - t0:.1f} s (compilation); "
+            f"max |compiled - eager| chunk difference {max(diffs):.2e}")
+
+
 # -- timing ----------------------------------------------------------------------------------------------------------
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -205,13 +220,17 @@ HEADER = ["| {} | p50 ms | p90 ms | min ms | CPU p50 ms | p50 / ref | min / ref 
 
 
 # -- cases -----------------------------------------------------------------------------------------------------------
-def sampling_cases(ref, ours, steps_list, cond):
-    """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``."""
+def sampling_cases(ref, ours, steps_list, cond, trunk=None):
+    """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``. With ``trunk`` (a compiled
+    ``ours.forward_film``) also the controller's compiled path, who = ``"ours compiled"``."""
     obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0)
     x, t = torch.randn(1, HORIZON, ACTION_DIM), torch.tensor([50.0])
     cases = {("forward", 1, "ours"): lambda: ours(x, t, cond)}
     step = ours.conditioned(cond, times=t)
     cases[("step", 1, "ours")] = lambda: step(x, t)
+    if trunk is not None:
+        cstep = ConditionedUnet(ours, cond, None, times=t, trunk=trunk)
+        cases[("step", 1, "ours compiled")] = lambda: cstep(x, t)
     if ref is not None:
         t_ref = torch.tensor(50)
         cases[("forward", 1, "reference")] = lambda: ref(x, t_ref, global_cond=cond)
@@ -222,6 +241,10 @@ def sampling_cases(ref, ours, steps_list, cond):
         cases[("chunk", n, "ours")] = lambda s=sched, tm=times: ddim(
             obj.denoiser(ours.conditioned(cond, times=tm)), torch.randn(1, HORIZON, ACTION_DIM), s)
         cases[("sampler only", n, "ours")] = lambda s=sched: ddim(obj.denoiser(null), torch.randn(1, HORIZON, ACTION_DIM), s)
+        if trunk is not None:  # as the controller runs it: time table cached per (sampler, steps), trunk compiled
+            table = ours.time_table(times)
+            cases[("chunk", n, "ours compiled")] = lambda s=sched, tt=table: ddim(obj.denoiser(ConditionedUnet(
+                ours, cond, None, time_table=tt, trunk=trunk)), torch.randn(1, HORIZON, ACTION_DIM), s)
         if ref is not None:
             rs = reference_scheduler(n)
             cases[("chunk", n, "reference")] = lambda n=n, rs=rs: reference_chunk(ref, rs, n, cond)
@@ -312,6 +335,8 @@ def sampling_report(times, cpu, steps_list, who) -> list[str]:
             if ("chunk", n, w) not in times:
                 continue
             step_key = ("forward", 1, "reference") if w == "reference" else ("step", 1, w)
+            if step_key not in times:
+                continue
             chunk, diff = med(("chunk", n, w)), med(("chunk", n, w)) - n * med(step_key)
             cmin = min(times[("chunk", n, w)])
             dmin = cmin - n * min(times[step_key])
@@ -334,6 +359,8 @@ def main(argv=None):
     p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw"],
                    help="our training variants, each a label with optional words fused-adamw, bf16")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true",
+                   help="also time chunks through the controller's torch.compile'd U-Net trunk (compiles first)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -356,11 +383,15 @@ def main(argv=None):
             ref = make_reference(ref_cls, widths).eval()
             ours.load_state_dict(convert_reference_state(ref.state_dict(), ours))
         cond = torch.randn(1, COND_DIM)
-        cases = sampling_cases(ref, ours, a.steps, cond)
+        trunk = None
+        if a.compile:
+            trunk = torch.compile(ours.forward_film)
+            print(compiled_check(ours, trunk, cond, a.steps) + "\n")
+        cases = sampling_cases(ref, ours, a.steps, cond, trunk)
         with torch.inference_mode():  # ours; the reference's own policy runs under no_grad, same cost on CPU
             load0 = load()
             times, cpu = interleaved(cases, a.reps, warmup=2, desc=f"sampling {wname}")
-        who = ["reference", "ours"]
+        who = ["reference", "ours"] + (["ours compiled"] if a.compile else [])
         print(f"sampling, batch 1 (loadavg {load0} -> {load()}, {a.reps} reps, interleaved)\n")
         print("\n".join(sampling_report(times, cpu, a.steps, who)))
         if a.train_reps <= 0:
