@@ -72,7 +72,7 @@ class Controller:
                              "mode='async' (in sync mode nothing executes during inference)")
         self.policy, self.mode, self.smoothing = policy, mode, smoothing
         self.To, self.horizon = policy.n_obs_steps, policy.horizon
-        self.H = policy.horizon - policy.n_obs_steps + 1  # executable actions per chunk
+        self.H = policy.executable_steps
         default_s = 1 if smoothing == "ensemble" else policy.n_action_steps
         self.execute_steps = int(execute_steps or default_s)
         if not 1 <= self.execute_steps <= self.H:

@@ -25,9 +25,14 @@ class Policy(nn.Module):
         self.n_obs_steps, self.action_key = n_obs_steps, action_key
         self.set_n_action_steps(n_action_steps)
 
+    @property
+    def executable_steps(self) -> int:
+        """Actions of a chunk at or after the newest observation: the most that can run before replanning."""
+        return self.horizon - self.n_obs_steps + 1
+
     def set_n_action_steps(self, n_action_steps: int) -> None:
         """How many actions of each chunk are executed before replanning (changeable after training)."""
-        if not 1 <= n_action_steps <= self.horizon - self.n_obs_steps + 1:
+        if not 1 <= n_action_steps <= self.executable_steps:
             raise ValueError(f"n_obs_steps ({self.n_obs_steps}) - 1 + n_action_steps ({n_action_steps}) exceeds the "
                              f"horizon ({self.horizon}), or n_action_steps < 1: the executed actions must lie inside "
                              f"the predicted chunk")
