@@ -143,9 +143,10 @@ def our_chunk(net, obj: DDPM, schedule, cond: torch.Tensor, generator=None) -> t
 def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
     """Max abs differences with the same weights in both networks: forward at 4 timesteps, and DDIM-10 chunks.
 
-    Chunks compare three ways: the set-up as given (x0 clipped to [-1, 1]); diffusers with
-    ``use_clipped_model_output=True``, which re-derives the noise from the clipped x0 as our denoiser always does
-    (diffusers' DDIM keeps the raw network noise by default); and both without clipping.
+    Chunks compare three ways: the set-up as given (x0 clipped to [-1, 1], the raw network noise kept:
+    diffusers' DDIM default, matched by our ``clip_keeps_noise=True``); diffusers with
+    ``use_clipped_model_output=True``, which re-derives the noise from the clipped x0 as our default does; and both
+    without clipping.
     """
     torch.manual_seed(seed)
     ref = make_reference(ref_cls, widths).eval()
@@ -156,7 +157,7 @@ def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
     out = {"forward": (ref(x, t, global_cond=cond) - ours(x, t.float(), cond)).abs().max().item()}
     for name, clip, kwargs in [("chunk", True, {}), ("chunk, clipped eps", True, {"use_clipped_model_output": True}),
                                ("chunk, no clip", False, {})]:
-        obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0 if clip else None)
+        obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0 if clip else None, clip_keeps_noise=not kwargs)
         gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731 - same initial noise for both
         a = reference_chunk(ref, reference_scheduler(10, clip), 10, cond, gen(), **kwargs)
         b = our_chunk(ours, obj, obj.sampling_schedule(10, "leading"), cond, gen())

@@ -62,6 +62,41 @@ def test_async_act_does_not_block_once_warm():
     ctrl.close()
 
 
+def run_loop(ctrl, steps, period):
+    out, latencies = [], []
+    for t in range(steps):
+        t0 = time.perf_counter()
+        out.append(ctrl.act(at(t)))
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(max(0.0, period - (time.perf_counter() - t0)))
+    return np.stack(out), latencies
+
+
+def test_async_launches_early_when_execute_steps_would_starve_the_queue():
+    # H = 15 executable actions; executing all 15 before replanning would leave nothing to run during the ~2-3
+    # periods of inference. The controller launches the next chunk ~d + 1 steps before the current one runs out.
+    policy = FakePolicy(delay=0.1)
+    ctrl = fake_controller(policy, mode="async", period=0.05, execute_steps=15)
+    out, latencies = run_loop(ctrl, 60, 0.05)
+    np.testing.assert_array_equal(out[:, 0], np.arange(60))
+    s = ctrl.stats()
+    assert s["starved"] == 0, s  # before any delay is measured, the warm-up latency is the estimate
+    launches = [int(c["t"]) for c in policy.calls]
+    assert all(b - a < 15 for a, b in zip(launches[1:], launches[2:])), launches  # early, not every 15 steps
+    ctrl.close()
+
+
+def test_async_warns_when_inference_is_too_slow_for_the_chunk(caplog):
+    policy = FakePolicy(delay=0.1)  # ~10 periods of 10 ms: 2 x 10 > H = 15
+    ctrl = fake_controller(policy, mode="async", period=0.01)
+    with caplog.at_level("WARNING", logger="diffpolicy.control"):
+        run_loop(ctrl, 45, 0.01)
+    msgs = [r.getMessage() for r in caplog.records if "cannot keep up" in r.getMessage()]
+    assert len(msgs) == 1 and "15 executable actions" in msgs[0], caplog.text  # once, naming the limit
+    assert ctrl.stats()["starved"] >= 1
+    ctrl.close()
+
+
 def test_rtc_fixes_the_prefix_to_the_queued_actions_in_normalised_units():
     policy = FakePolicy(action_scale=0.5)
     ctrl = fake_controller(policy, mode="async", smoothing="rtc", period=1.0)

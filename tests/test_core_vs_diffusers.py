@@ -81,6 +81,30 @@ def test_ddim_matches_diffusers(prediction, spacing, steps):
     torch.testing.assert_close(ours, ref_x, atol=TOL64, rtol=TOL64)
 
 
+@pytest.mark.parametrize("keep_noise", [False, True])
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_clipped_ddim_matches_diffusers(keep_noise, steps):
+    """x0 clipped to [-1, 1]; the noise re-derived from it (``use_clipped_model_output=True``) or kept as the network
+    gave it (diffusers' default, Diffusion Policy's inference)."""
+    K = 100
+    obj = DDPM(K, "squaredcos_cap_v2", clip_x0=1.0, clip_keeps_noise=keep_noise)
+    obj.alphas_cumprod = float64_tables(DDPMScheduler(K, beta_schedule="squaredcos_cap_v2")).alphas_cumprod
+    ref = DDIMScheduler(num_train_timesteps=K, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                        set_alpha_to_one=True, timestep_spacing="leading")
+    float64_tables(ref)
+    ref.set_timesteps(steps)
+    x = 3 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref_log, ref_x = run_diffusers(ref, x, steps, eta=0.0, use_clipped_model_output=not keep_noise)
+    _, other_x = run_diffusers(ref, x, steps, eta=0.0, use_clipped_model_output=keep_noise)
+    log = []
+    ours = ddim(recording_denoiser(obj, log), x, obj.sampling_schedule(steps, "leading"))
+    for a, b in zip(log, ref_log):
+        torch.testing.assert_close(a, b, atol=TOL64, rtol=TOL64)
+    torch.testing.assert_close(ours, ref_x, atol=TOL64, rtol=TOL64)
+    if steps > 1:  # the two conventions differ once a clipped step is followed by another
+        assert (ours - other_x).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("clip", [None, 1.0])
 @pytest.mark.parametrize("steps", [10, 100])
 def test_ddpm_ancestral_matches_diffusers(clip, steps):

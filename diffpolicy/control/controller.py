@@ -16,7 +16,10 @@ Modes:
 - ``async``: sampling runs in a background thread while the previous chunk keeps executing; ``act`` returns at once
   unless no planned action is left (then it waits, and counts a starvation). A chunk arriving ``d`` steps after its
   observation is executed from index ``d`` on: the ``d`` actions already executed meanwhile are skipped. ``d`` is
-  measured per chunk (``stats()["delay_steps"]``).
+  measured per chunk (``stats()["delay_steps"]``). The next chunk is launched after ``execute_steps`` steps, or
+  earlier if it would otherwise arrive after the current chunk's ``H`` actions run out (``d`` estimated as for
+  RTC below, plus one step of margin). With one inference at a time that works
+  while ``2 d <= H``; beyond it ``act`` must block, and the controller logs a warning saying so.
 
 Smoothing: ``None``; ``"ensemble"`` (ACT temporal ensembling; default ``execute_steps = 1``, i.e. a chunk per
 step); ``"rtc"`` (real-time chunking, async only): when a chunk is launched at step ``s``, its entries for steps
@@ -101,6 +104,7 @@ class Controller:
         self.worker = InferenceWorker(self._infer) if mode == "async" else None
         self.act_latency, self.infer_latency = RingStats(), RingStats()
         self.warmup_seconds = float("nan")
+        self._warned_slow = False  # once per controller, not per episode
         self.reset(seed)
         if warm_up:
             self.warm_up()
@@ -252,7 +256,24 @@ class Controller:
     def _due(self, step: int) -> bool:
         if self.worker is not None and self.worker.busy:
             return False
-        return self.last_launch is None or step - self.last_launch >= self.execute_steps
+        if self.last_launch is None:
+            return True
+        since = step - self.last_launch
+        if since >= self.execute_steps:
+            return True
+        # Async: a chunk launched now arrives ~max(recent delays) steps later, and the current chunk runs out H steps
+        # after its launch; launch early (one step of margin) rather than let the robot wait at the end of it.
+        d = self._delay_estimate() if self.worker is not None else None
+        return d is not None and since + d + 1 >= self.H
+
+    def _delay_estimate(self) -> int | None:
+        """Control steps a chunk takes to arrive: the largest of the last ``rtc_window`` measured delays, else the
+        warm-up latency in periods; None when neither is known."""
+        if self.delays:
+            return max(self.delays)
+        if self.period and math.isfinite(self.warmup_seconds):
+            return math.ceil(self.warmup_seconds / self.period)
+        return None
 
     # ---------------------------------------------------------------- inference
 
@@ -284,13 +305,7 @@ class Controller:
             return None, None
         # In async mode a chunk is collected at the next act at the earliest, so at least one step is executed
         # from the current chunk before the switch.
-        if self.delays:
-            d_est = max(self.delays)
-        elif self.period and math.isfinite(self.warmup_seconds):
-            d_est = math.ceil(self.warmup_seconds / self.period)
-        else:
-            d_est = 1
-        d_est = max(d_est, 1)
+        d_est = max(self._delay_estimate() or 1, 1)
         d = min(d_est, cur.start + self.H - step, self.H)
         if d <= 0:
             return None, None
@@ -318,6 +333,14 @@ class Controller:
         delay = self.step - result["step"]
         if not blocked:  # a chunk the loop waited for says nothing about the delay while the robot moves
             self.delays.append(delay)
+            if 2 * delay > self.H and not self._warned_slow:
+                self._warned_slow = True
+                log.warning(
+                    f"async control cannot keep up: a chunk took {delay} control periods to arrive "
+                    f"({result['seconds'] * 1e3:.0f} ms of inference), and with one inference at a time the next one "
+                    f"arrives {2 * delay} periods after the current chunk started, past its {self.H} executable "
+                    f"actions, so act will block (counted in stats()['starved']). Keep 2 x inference time <= "
+                    f"{self.H} periods: fewer sampling steps, a faster device, or a lower control rate.")
         self.delay_hist[delay] += 1
         self.infer_latency.add(result["seconds"])
         self.buffer.add(Chunk(self.n_chunks, result["step"], result["actions"], result["normed"]))

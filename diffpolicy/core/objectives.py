@@ -54,6 +54,7 @@ class Objective:
 
     prediction: str
     clip_x0: float | None = None
+    clip_keeps_noise: bool = False
 
     def sample_training_times(self, batch: int, device, generator=None):
         """``(alpha, sigma, model_time, weight)``, each ``(B,)``: the path point and loss weight per sample."""
@@ -91,9 +92,12 @@ class Objective:
 
         Classifier-free guidance with ``guidance = w`` combines ``out = out_c + w (out_c - out_null)`` (Ho &
         Salimans' w: 0 is the plain conditional model); conditional and null passes run as one batch.
-        ``clip_x0`` (if set) clamps the x0 estimate and re-derives the noise from it, as diffusers does.
+        ``clip_x0`` (if set) clamps the x0 estimate and re-derives the noise from it, so x0 and noise stay one
+        consistent point estimate for every sampler (diffusers' DDPMScheduler; DDIMScheduler with
+        ``use_clipped_model_output=True``). ``clip_keeps_noise`` keeps the network's own noise estimate instead:
+        DDIMScheduler's default, which Diffusion Policy's DDIM inference uses.
         """
-        prediction, clip = self.prediction, self.clip_x0
+        prediction, clip, keep_noise = self.prediction, self.clip_x0, self.clip_keeps_noise
         if guidance != 0.0 and null_cond is None:
             raise ValueError(f"guidance={guidance} needs a null condition (null_cond) for the unconditional pass")
 
@@ -107,7 +111,8 @@ class Objective:
             x0, eps = split_prediction(out, x, alpha, sigma, prediction)
             if clip is not None:
                 x0 = x0.clamp(-clip, clip)
-                eps = (x - alpha * x0) / sigma
+                if not keep_noise:
+                    eps = (x - alpha * x0) / sigma
             return x0, eps
 
         return denoise
@@ -128,7 +133,8 @@ class DDPM(Objective):
 
     def __init__(self, num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
                  beta_start: float = 1e-4, beta_end: float = 2e-2, prediction: str = "epsilon",
-                 clip_x0: float | None = 1.0, loss_weighting: str | None = None, snr_gamma: float = 5.0):
+                 clip_x0: float | None = 1.0, clip_keeps_noise: bool = False, loss_weighting: str | None = None,
+                 snr_gamma: float = 5.0):
         if prediction not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"DDPM prediction must be epsilon, sample or v_prediction, not {prediction!r}")
         if beta_schedule not in BETA_SCHEDULES:
@@ -136,7 +142,7 @@ class DDPM(Objective):
         if loss_weighting not in (None, "min_snr"):
             raise ValueError(f"unknown loss weighting {loss_weighting!r}; expected None or 'min_snr'")
         self.num_train_timesteps = num_train_timesteps
-        self.prediction, self.clip_x0 = prediction, clip_x0
+        self.prediction, self.clip_x0, self.clip_keeps_noise = prediction, clip_x0, clip_keeps_noise
         self.loss_weighting, self.snr_gamma = loss_weighting, snr_gamma
         self.betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
