@@ -2,6 +2,7 @@
 
     diffpolicy-train task=pusht policy=unet_ddpm training=cpu
     diffpolicy-train resume=true run_dir=runs/pusht/unet_ddpm_...   # continue an interrupted run
+    diffpolicy-train training=reflow reflow.teacher=runs/pusht/unet_flow_h8_...  # straighten a flow policy
 
 If the task's dataset is missing, it is collected first with the task's scripted expert. Outputs (checkpoints,
 tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
@@ -19,10 +20,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.dataset import WindowDataset
-from ..policy.factory import build_policy
+from ..policy.factory import build_policy, load_policy
 from ..policy.rollout import evaluate, save_summary
 from ..training.batches import StepBatches
 from ..training.loop import TrainConfig, distributed_context, pick_device, train
+from ..training.reflow import CouplingBatches, make_couplings
 
 
 def ensure_dataset(task: dict) -> str:
@@ -46,17 +48,27 @@ def run(cfg: dict) -> dict:
     dataset_path = ensure_dataset(task) if rank == 0 else task["dataset"]
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # other ranks wait for rank 0's collection
+    reflow = cfg.get("reflow") or {}
+    teacher = None
+    if reflow.get("teacher"):  # the student is a copy of the teacher: its architecture, normaliser and weights
+        teacher, tconfig = load_policy(reflow["teacher"], use_ema=True, device=device)
+        if tconfig["task"]["env_id"] != task["env_id"]:
+            raise ValueError(f"reflow teacher {reflow['teacher']} was trained on {tconfig['task']['env_id']!r}, "
+                             f"not on this run's task {task['env_id']!r}")
+        pcfg = tconfig["policy"]
     geometry = dict(horizon=pcfg["horizon"], n_obs_steps=pcfg["n_obs_steps"], n_action_steps=pcfg["n_action_steps"])
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
                          max_train_episodes=tcfg.pop("max_train_episodes", None),
                          crop_shape=task.get("crop_shape"), **geometry)
     lowdim = [k for k in task["obs_keys"] if k not in data.image_keys]
-    normalizer = data.normalizer({k: "minmax" for k in [*lowdim, data.action_key]})
+    normalizer = teacher.normalizer if teacher else data.normalizer({k: "minmax" for k in [*lowdim, data.action_key]})
     probe = data.sample_batch([0], seed=0)
     shapes = {"obs": {k: list(v.shape[2:]) for k, v in probe["obs"].items()}, "action_dim": probe["action"].shape[-1]}
     policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
-    config = {**cfg, "task": {**task, "image_keys": list(data.image_keys)}, "shapes": shapes}
+    if teacher:
+        policy.load_state_dict(teacher.state_dict())
+    config = {**cfg, "policy": pcfg, "task": {**task, "image_keys": list(data.image_keys)}, "shapes": shapes}
     eval_cfg = tcfg.pop("eval", {})
     num_workers = tcfg.pop("num_workers", 0)
     train_cfg = TrainConfig(**{k: v for k, v in tcfg.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
@@ -65,7 +77,13 @@ def run(cfg: dict) -> dict:
         print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
               f"{len(data)} training windows")
 
-    batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
+    if teacher:
+        couplings = make_couplings(teacher, data, reflow.get("copies", 2), reflow.get("sampler", "euler"),
+                                   reflow.get("steps", 16), seed=train_cfg.seed, device=device)
+        del teacher
+        batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
+    else:
+        batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
     val = data.validation() if data.val_mask.any() else None
 
     def validate(model) -> float:

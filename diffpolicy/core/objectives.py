@@ -70,14 +70,17 @@ class Objective:
         return noise - x0  # velocity
 
     def loss(self, net: Net, x0: torch.Tensor, cond: Any = None, generator: torch.Generator | None = None,
-             reduce: bool = True) -> torch.Tensor:
+             reduce: bool = True, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted MSE between ``net``'s output on a noised ``x0`` ``(B, *event)`` and the objective's target.
 
-        Returns the batch mean, or the per-sample losses ``(B,)`` with ``reduce=False``.
+        ``noise`` (``x0``'s shape) pairs each sample with given noise instead of fresh Gaussian noise: the coupled
+        pairs of reflow (:mod:`diffpolicy.training.reflow`). Returns the batch mean, or the per-sample losses
+        ``(B,)`` with ``reduce=False``.
         """
         B = x0.shape[0]
         alpha, sigma, model_time, weight = self.sample_training_times(B, x0.device, generator)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         a, s = _bcast(alpha.to(x0.dtype), x0), _bcast(sigma.to(x0.dtype), x0)
         out = net(a * x0 + s * noise, model_time.to(x0.dtype), cond)
         per_sample = (out.float() - self.target(x0, noise, a, s).float()).pow(2).flatten(1).mean(1)

@@ -45,11 +45,16 @@ class Policy(nn.Module):
         return self.encoder(normed)
 
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss of a batch ``{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}``."""
+        """Training loss of a batch ``{"obs": {key: (B, To, ...)}, "action": (B, T, Da)}``; an optional
+        ``"noise"`` ``(B, T, Da)`` couples each action chunk with its noise (reflow)."""
         cond = self.encode({k: v[:, : self.n_obs_steps] for k, v in batch["obs"].items()})
-        return self.loss(cond, self.normalizer.normalize(self.action_key, batch["action"]), generator)
+        action = self.normalizer.normalize(self.action_key, batch["action"])
+        if "noise" in batch:
+            return self.loss(cond, action, generator, noise=batch["noise"])
+        return self.loss(cond, action, generator)
 
-    def loss(self, cond: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def loss(self, cond: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def predict_chunk(self, cond: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:

@@ -23,14 +23,17 @@ class DiffusionPolicy(Policy):
         self.objective, self.net = objective, net
         self.sampler, self.steps = sampler, steps
 
-    def loss(self, cond, action, generator):
-        return self.objective.loss(self.net, action, cond, generator=generator)
+    def loss(self, cond, action, generator, noise=None):
+        return self.objective.loss(self.net, action, cond, generator=generator, noise=noise)
 
     def predict_chunk(self, cond, generator=None, sampler: str | None = None, steps: int | None = None,
-                      mask: torch.Tensor | None = None, known: torch.Tensor | None = None, **sampler_kwargs):
-        """Sample a normalised chunk ``(B, T, Da)``; ``mask``/``known`` (normalised units) hold entries fixed."""
-        noise = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator,
-                            device=cond.device, dtype=cond.dtype)
+                      mask: torch.Tensor | None = None, known: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, **sampler_kwargs):
+        """Sample a normalised chunk ``(B, T, Da)`` from ``noise`` (drawn from ``generator`` if None);
+        ``mask``/``known`` (normalised units) hold entries fixed."""
+        if noise is None:
+            noise = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator,
+                                device=cond.device, dtype=cond.dtype)
         schedule = self.objective.sampling_schedule(steps or self.steps)
         # The condition's FiLM part once per chunk, the time parts of all steps in one batched call.
         net = self.net.conditioned(cond, times=schedule.model_time[:-1])

@@ -1,0 +1,70 @@
+"""Reflow (Liu et al. 2023, "Flow straight and fast"): retrain a flow policy on its own noise -> chunk couplings.
+
+A flow-matching policy trained on independent (demo chunk, noise) pairs learns curved sampling paths: where the
+demonstrations are multimodal, the first Euler steps head for the average of the modes, so few-step sampling
+blurs them. Reflow draws, for every training window, ``copies`` noise chunks ``z`` and the teacher's many-step
+sample ``x = teacher(z | obs)``, then trains a student (initialised from the teacher) with the same flow loss on the
+fixed pairs ``(x, z)``. Each pair is joined by a straight line that no other pair's line needs to cross, so the
+student's paths straighten and a few Euler steps land where the teacher's many did.
+
+The couplings live in memory: observation windows, chunk and noise per pair (small for state observations; for
+images, ``copies x windows`` image stacks).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.dataset import WindowDataset
+from ..policy.diffusion import DiffusionPolicy
+
+
+@torch.inference_mode()
+def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, copies: int = 2, sampler: str = "euler",
+                   steps: int = 16, batch_size: int = 512, seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    """Teacher samples for every window of ``data``, ``copies`` times each.
+
+    Returns ``{"obs": {key: (N, To, ...)}, "action": (N, T, Da) dataset units, "noise": (N, T, Da)}`` with
+    ``N = copies x len(data)``, on the CPU; everything is a function of ``seed``.
+    """
+    if not isinstance(teacher, DiffusionPolicy) or teacher.objective.prediction != "velocity":
+        raise ValueError(f"reflow needs a flow-matching teacher (objective type flow); got "
+                         f"{type(teacher).__name__} with prediction "
+                         f"{getattr(getattr(teacher, 'objective', None), 'prediction', None)!r}")
+    if copies < 1:
+        raise ValueError(f"reflow copies must be >= 1, got {copies}")
+    windows = np.tile(np.arange(len(data)), copies)
+    g = torch.Generator().manual_seed(seed)
+    out: dict = {"obs": {}, "action": [], "noise": []}
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"reflow couplings ({sampler}-{steps})"):
+        batch = data.sample_batch(windows[start: start + batch_size], seed=seed + start)
+        obs = {k: v[:, : teacher.n_obs_steps] for k, v in batch["obs"].items()}
+        noise = torch.randn(len(batch["action"]), teacher.horizon, teacher.action_dim, generator=g)
+        cond = teacher.encode({k: v.to(device) for k, v in obs.items()})
+        chunk = teacher.predict_chunk(cond, sampler=sampler, steps=steps, noise=noise.to(device))
+        out["action"].append(teacher.normalizer.unnormalize(teacher.action_key, chunk).cpu())
+        out["noise"].append(noise)
+        for k, v in obs.items():
+            out["obs"].setdefault(k, []).append(v)
+    return {"obs": {k: torch.cat(v) for k, v in out["obs"].items()}, "action": torch.cat(out["action"]),
+            "noise": torch.cat(out["noise"])}
+
+
+class CouplingBatches:
+    """``batch_fn(step, generator)`` over fixed couplings: the batch of step ``k`` is a function of
+    ``(seed, k, rank)``, as for :class:`~diffpolicy.training.batches.StepBatches`."""
+
+    def __init__(self, couplings: Mapping, batch_size: int, seed: int = 0, device: torch.device | str = "cpu",
+                 rank: int = 0):
+        self.c, self.batch_size, self.seed, self.rank = couplings, batch_size, seed, rank
+        self.device = torch.device(device)
+        self.n = len(couplings["action"])
+
+    def __call__(self, step: int, generator: torch.Generator | None = None) -> dict:
+        idx = torch.from_numpy(np.random.default_rng([self.seed, step, self.rank]).integers(0, self.n, self.batch_size))
+        return {"obs": {k: v[idx].to(self.device) for k, v in self.c["obs"].items()},
+                "action": self.c["action"][idx].to(self.device), "noise": self.c["noise"][idx].to(self.device)}
