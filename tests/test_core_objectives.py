@@ -71,5 +71,7 @@ def test_bad_objective_arguments():
         DDPM(prediction="velocity")
     with pytest.raises(ValueError, match="unknown flow time sampling 'normal'"):
         FlowMatching(time_sampling="normal")
+    with pytest.raises(ValueError, match="flow sampling_shift must be > 0, got 0"):
+        FlowMatching(sampling_shift=0)
     with pytest.raises(ValueError, match="unknown loss weighting"):
         DDPM(loss_weighting="snr")

@@ -144,10 +144,14 @@ def test_dpmpp_2m_matches_diffusers(prediction, steps):
 
 
 @pytest.mark.parametrize("steps", [1, 4, 10, 25])
-@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 1 / 3])
 def test_flow_euler_matches_diffusers(steps, shift):
-    obj = FlowMatching()
-    sched = obj.sampling_schedule(steps, shift=shift)
+    obj = FlowMatching(sampling_shift=shift)
+    sched = obj.sampling_schedule(steps)  # the objective's configured shift
+    ref_sigmas = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    ref_sigmas.set_timesteps(sigmas=torch.linspace(1, 0, steps + 1)[:-1].tolist())
+    # diffusers applies the same SD3 shift to a uniform grid
+    torch.testing.assert_close(sched.sigma, ref_sigmas.sigmas.double(), atol=1e-6, rtol=1e-6)
     ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     ref.set_timesteps(sigmas=sched.sigma[:-1].tolist())
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

@@ -84,6 +84,18 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
     assert replan["n_action_steps"] == 2
     if policy != "mlp_bc":  # executing 2 of 8 changes the rollout of a closed-loop policy
         assert replan["episodes"] != res["episodes"]
+    shifted = {"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5, "shift": 0.5,
+               "video_episodes": 0, "out": str(tmp_path / "ev3")}
+    if policy == "unet_flow":
+        assert eval_cli.run(shifted)["shift"] == 0.5 and res["shift"] == 1.0
+        assert (tmp_path / "ev3/summary.json").is_file()
+        a = policy_obj.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"]
+        policy_obj.objective.sampling_shift = 0.5  # a denser time grid near the data changes the 4-step samples
+        b = policy_obj.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"]
+        assert (a - b).abs().max() > 1e-4
+    else:
+        with pytest.raises(ValueError, match="shift=0.5 sets a flow-matching policy's time grid"):
+            eval_cli.run(shifted)
     with pytest.raises(ValueError, match=r"n_action_steps \(16\) exceeds the horizon \(16\)"):
         policy_obj.set_n_action_steps(16)
 

@@ -179,15 +179,20 @@ class FlowMatching(Objective):
     Training times: ``uniform`` on [0, 1]; ``logit_normal`` (``sigmoid(N(m, s^2))``, SD3); or ``beta``
     (pi0: ``t = 1 - s + s u`` with ``u ~ Beta(1.5, 1)``, ``s = 0.999``, which favours the noisy end).
     The network sees ``model_time = time_scale * t`` so its sinusoidal embedding spans the same range as DDPM's.
+    ``sampling_shift`` is the default time-grid shift of :meth:`sampling_schedule` (a sampling choice, kept with the
+    objective so a checkpoint's config carries it): below 1 it spends more of a few steps near the data end.
     """
 
     prediction = "velocity"
 
     def __init__(self, time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
-                 beta_alpha: float = 1.5, beta_beta: float = 1.0, beta_s: float = 0.999, time_scale: float = 1000.0):
+                 beta_alpha: float = 1.5, beta_beta: float = 1.0, beta_s: float = 0.999, time_scale: float = 1000.0,
+                 sampling_shift: float = 1.0):
         if time_sampling not in ("uniform", "logit_normal", "beta"):
             raise ValueError(f"unknown flow time sampling {time_sampling!r}; expected uniform, logit_normal or beta")
-        self.time_sampling, self.time_scale = time_sampling, time_scale
+        if sampling_shift <= 0:
+            raise ValueError(f"flow sampling_shift must be > 0, got {sampling_shift}")
+        self.time_sampling, self.time_scale, self.sampling_shift = time_sampling, time_scale, sampling_shift
         self.logit_mean, self.logit_std = logit_mean, logit_std
         self.beta_alpha, self.beta_beta, self.beta_s = beta_alpha, beta_beta, beta_s
 
@@ -209,5 +214,5 @@ class FlowMatching(Objective):
             t = 1 - self.beta_s + self.beta_s * u
         return 1 - t, t, t * self.time_scale, torch.ones_like(t)
 
-    def sampling_schedule(self, steps: int, shift: float = 1.0) -> SamplingSchedule:
-        return flow_sampling_schedule(steps, shift, self.time_scale)
+    def sampling_schedule(self, steps: int, shift: float | None = None) -> SamplingSchedule:
+        return flow_sampling_schedule(steps, self.sampling_shift if shift is None else shift, self.time_scale)

@@ -84,7 +84,8 @@ def ddpm_sampling_schedule(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
 def flow_sampling_schedule(steps: int, shift: float = 1.0, time_scale: float = 1000.0) -> SamplingSchedule:
     """Tables for a flow-matching sampler: ``t`` uniform from 1 to 0 in ``steps`` steps.
 
-    ``shift > 1`` spends more steps near the noise end (SD3's ``t' = s t / (1 + (s - 1) t)``).
+    ``shift > 1`` spends more steps near the noise end (SD3's ``t' = s t / (1 + (s - 1) t)``), ``shift < 1`` near
+    the data end.
     ``model_time = time_scale * t`` matches the training call of :class:`~diffpolicy.core.objectives.FlowMatching`.
     """
     if steps < 1:
