@@ -80,3 +80,28 @@ def test_checkpoint_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no ema.safetensors"):
         load_tensors(ckpt, "ema")
     assert not list(Path(tmp_path / "c").glob(".tmp*"))
+
+
+def test_bf16_cpu_autocasts_the_forward_pass_or_refuses_without_native_bf16(tmp_path, monkeypatch):
+    from diffpolicy.training import loop
+
+    seen = []
+
+    class Probe(Toy):
+        def forward(self, batch, generator):
+            seen.append(self.net(torch.zeros(1, 3)).dtype)
+            return super().forward(batch, generator)
+
+    cfg = TrainConfig(steps=2, batch_size=16, warmup_steps=1, checkpoint_every=2, bf16_cpu=True)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        train(Probe(), batches, cfg, tmp_path / "bf16", {}, device=torch.device("cpu"))
+        assert seen and set(seen) == {torch.bfloat16}
+        weights = load_tensors(resolve_checkpoint(tmp_path / "bf16"), "model")
+        assert all(w.dtype == torch.float32 for w in weights.values())  # master weights stay float32
+    seen.clear()
+    train(Probe(), batches, TrainConfig(steps=2, batch_size=16, warmup_steps=1), tmp_path / "fp32", {},
+          device=torch.device("cpu"))
+    assert set(seen) == {torch.float32}
+    monkeypatch.setattr(loop.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="this CPU has no native bf16"):
+        train(Probe(), batches, cfg, tmp_path / "refused", {}, device=torch.device("cpu"))

@@ -39,7 +39,8 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 0  # 0: evaluate only at the end (if an evaluate callback is given)
     seed: int = 0
-    bf16: bool = True  # autocast on CUDA only; CPU trains in float32
+    bf16: bool = True  # bf16 autocast of the forward pass on CUDA
+    bf16_cpu: bool = False  # the same on a CPU with native bf16 (AVX512-BF16 / AMX); float32 weights either way
 
 
 def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
@@ -59,6 +60,16 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast per ``cfg.bf16`` (CUDA) / ``cfg.bf16_cpu`` (CPU); a CPU without native bf16 would emulate it,
+    slower than float32, so asking for it there is an error."""
+    if device.type == "cpu" and cfg.bf16_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError("training.bf16_cpu=true, but this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would "
+                         "be emulated and slower than float32; set training.bf16_cpu=false")
+    enabled = cfg.bf16 if device.type == "cuda" else cfg.bf16_cpu and device.type == "cpu"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -109,7 +120,7 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
         if rank == 0:
             print(f"resumed from {ckpt} at step {start}")
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    autocast = make_autocast(cfg, device)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
