@@ -10,6 +10,7 @@ from test_control_helpers import tiny_checkpoint
 from diffpolicy.control.controller import Controller
 from diffpolicy.control.safety import NonFiniteError
 from diffpolicy.control.sampling import ChunkSampler
+from diffpolicy.core.schedules import flow_sampling_schedule
 from diffpolicy.policy.factory import load_policy
 
 
@@ -84,6 +85,21 @@ def test_reset_leaves_no_state_and_sampler_changes_at_run_time(ckpt):
         ctrl.set_sampling("fast")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         ctrl.set_sampling("ddim", 0)
+    with pytest.raises(ValueError, match="sets a flow-matching policy's time grid; this policy's objective is DDPM"):
+        ctrl.set_sampling(shift=0.5)
+
+
+def test_flow_time_grid_shift_changes_at_run_time(flow_ckpt):
+    obs = states(6, seed=4)
+    ctrl = Controller.from_checkpoint(flow_ckpt, device="cpu", sampler="euler", steps=3, seed=3, action_space=None,
+                                      execute_steps=1)
+    plain = np.stack([ctrl.act(o) for o in obs])
+    ctrl.reset()
+    ctrl.set_sampling(shift=0.25)  # the cached tables are rebuilt for the new grid
+    shifted = np.stack([ctrl.act(o) for o in obs])
+    assert not np.allclose(plain, shifted)
+    schedule, _ = ctrl.chunk_sampler._tables[("euler", 3)]
+    torch.testing.assert_close(schedule.sigma.double(), flow_sampling_schedule(3, 0.25).sigma)
 
 
 def test_actions_are_clipped_to_the_action_space(ckpt):

@@ -32,10 +32,7 @@ def run(cfg: dict) -> dict:
         policy.set_n_action_steps(cfg["n_action_steps"])
         label += f"_exec{policy.n_action_steps}"
     if cfg.get("shift") is not None:
-        if not hasattr(getattr(policy, "objective", None), "sampling_shift"):
-            raise ValueError(f"shift={cfg['shift']} sets a flow-matching policy's time grid; {ckpt} is a "
-                             f"{config['policy'].get('objective', {}).get('type', config['policy']['type'])} policy")
-        policy.objective.sampling_shift = float(cfg["shift"])
+        policy.set_sampling_shift(cfg["shift"])
         label += f"_shift{cfg['shift']:g}"
     out = Path(cfg["out"]) if cfg.get("out") else ckpt.parent.parent / "eval" / label
     print(f"evaluating {ckpt} on {task['env_id']} ({label}); writing to {out.resolve()}")

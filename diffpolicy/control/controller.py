@@ -147,12 +147,16 @@ class Controller:
         self.warmup_seconds = time.perf_counter() - t0
         return self.warmup_seconds
 
-    def set_sampling(self, sampler: str | None = None, steps: int | None = None, warm_up: bool = True) -> None:
-        """Change the sampler and/or step count; takes effect at the next chunk launch. The warm-up samples one
-        chunk in the calling thread (and captures a graph on CUDA): call it between periods you can spare, or pass
-        ``warm_up=False``."""
+    def set_sampling(self, sampler: str | None = None, steps: int | None = None, warm_up: bool = True,
+                     shift: float | None = None) -> None:
+        """Change the sampler, step count and/or (flow policies) time-grid shift; takes effect at the next chunk
+        launch. The warm-up samples one chunk in the calling thread (and captures a graph on CUDA): call it between
+        periods you can spare, or pass ``warm_up=False``."""
         sampler = self.sampler if sampler is None else sampler
         steps = self.steps if steps is None else steps
+        if shift is not None:  # an in-flight chunk keeps the tables it started with
+            self.policy.set_sampling_shift(shift)
+            self.chunk_sampler.invalidate()
         self.chunk_sampler.prepare(sampler, steps)
         self.sampler, self.steps = sampler, steps
         if warm_up and self.obs_shapes is not None:

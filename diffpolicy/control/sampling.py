@@ -76,6 +76,11 @@ class ChunkSampler:
                 return self._graphs[key](cond, noise, mask, known)
             return self._sample_fn(sampler, steps)(cond, noise, mask, known, generator)
 
+    def invalidate(self) -> None:
+        """Forget cached tables and graphs: call after changing the policy's weights or sampling time grid."""
+        self._tables.clear()
+        self._graphs.clear()
+
     def prepare(self, sampler: str, steps: int) -> None:
         """Validate ``sampler``/``steps`` and build their cached tables (fast path)."""
         if sampler not in SAMPLERS:

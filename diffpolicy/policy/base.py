@@ -38,6 +38,9 @@ class Policy(nn.Module):
                              f"the predicted chunk")
         self.n_action_steps = n_action_steps
 
+    def set_sampling_shift(self, shift: float) -> None:
+        raise ValueError(f"shift={shift} sets a flow-matching policy's time grid; {type(self).__name__} has none")
+
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalise low-dim keys and encode everything: ``{key: (B, To, ...)}`` -> ``(B, To * F)``."""
         normed = {k: (v if k in self.encoder.image_keys else self.normalizer.normalize(k, v)) for k, v in obs.items()

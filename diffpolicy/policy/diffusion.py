@@ -23,6 +23,15 @@ class DiffusionPolicy(Policy):
         self.objective, self.net = objective, net
         self.sampler, self.steps = sampler, steps
 
+    def set_sampling_shift(self, shift: float) -> None:
+        """Shift a flow policy's sampling time grid (``< 1``: more steps near the data end); DDPM has none."""
+        if not hasattr(self.objective, "sampling_shift"):
+            raise ValueError(f"shift={shift} sets a flow-matching policy's time grid; this policy's objective is "
+                             f"{type(self.objective).__name__}")
+        if shift <= 0:
+            raise ValueError(f"flow sampling shift must be > 0, got {shift}")
+        self.objective.sampling_shift = float(shift)
+
     def loss(self, cond, action, generator, noise=None):
         return self.objective.loss(self.net, action, cond, generator=generator, noise=noise)
 
