@@ -74,8 +74,8 @@ def harness(args) -> dict:
         ctrl = Controller.from_checkpoint(args.checkpoint, device="cpu", sampler=args.sampler, steps=args.steps,
                                           control_hz=args.rate, seed=args.seed, execute_steps=args.execute_steps,
                                           **MODES[mode])
-        if args.shift is not None:
-            ctrl.set_sampling(shift=args.shift)
+        if args.shift is not None or args.spacing is not None:
+            ctrl.set_sampling(shift=args.shift, spacing=args.spacing)
         res = run_harness(ctrl, ctrl_task(args.checkpoint)["env_id"], ctrl_task(args.checkpoint)["env_kwargs"],
                           args.rate, args.episodes, seed=args.seed)
         ctrl.close()
@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None, help="sampler steps per chunk (harness, soak)")
     p.add_argument("--shift", type=float, default=None, help="flow policies: time-grid shift (harness)")
+    p.add_argument("--spacing", default=None, help="DDPM policies: timestep spacing (harness)")
     p.add_argument("--execute-steps", type=int, default=None,
                    help="actions executed per chunk (harness); default: the policy's n_action_steps (1 if ensembling)")
     p.add_argument("--n-steps", type=int, default=10_000, help="control steps of the soak")

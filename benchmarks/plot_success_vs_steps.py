@@ -3,8 +3,8 @@
     python benchmarks/plot_success_vs_steps.py --out benchmarks/results/success_vs_steps.png \
         TwoPath=/work/exp/tp_ddpm,/work/exp/tp_flow ArmPick=/work/exp/arm_ddpm,/work/exp/arm_flow
 
-Each run directory's ``eval/<sampler>_<steps>[_exec<K>][_shift<S>]/summary.json`` becomes one point of its
-sampler's curve (one curve per executed-actions and time-grid setting).
+Each run directory's ``eval/<sampler>_<steps>[_exec<K>][_shift<S>][_<spacing>]/summary.json`` becomes one point of
+its sampler's curve (one curve per executed-actions and time-grid setting).
 """
 
 import argparse
@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-# diffpolicy-eval's <sampler>_<steps>[_exec<n_action_steps>][_shift<shift>]
-LABEL = re.compile(r"^(.+?)_(\d+)(?:_exec(\d+))?(?:_shift([\d.]+))?$")
+# diffpolicy-eval's <sampler>_<steps>[_exec<n_action_steps>][_shift<shift>][_<spacing>]
+LABEL = re.compile(r"^(.+?)_(\d+)(?:_exec(\d+))?(?:_shift([\d.]+))?(?:_(leading|trailing|linspace))?$")
 
 
 def curves(run_dirs):
@@ -30,10 +30,10 @@ def curves(run_dirs):
             m = LABEL.match(summary.parent.name)
             if m is None:
                 continue
-            sampler, steps, executed, shift = m.groups()
+            sampler, steps, executed, shift, spacing = m.groups()
             s = json.loads(summary.read_text())
             label = (f"{Path(run).name} {sampler}" + (f", executing {executed}" if executed else "")
-                     + (f", shift {shift}" if shift else ""))
+                     + (f", shift {shift}" if shift else "") + (f", {spacing}" if spacing else ""))
             out.setdefault(label, []).append((int(steps), s["success_rate"], *s["success_ci95"]))
     return {k: sorted(v) for k, v in out.items()}
 

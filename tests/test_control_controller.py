@@ -87,6 +87,14 @@ def test_reset_leaves_no_state_and_sampler_changes_at_run_time(ckpt):
         ctrl.set_sampling("ddim", 0)
     with pytest.raises(ValueError, match="sets a flow-matching policy's time grid; this policy's objective is DDPM"):
         ctrl.set_sampling(shift=0.5)
+    ctrl.reset()
+    ctrl.set_sampling("ddim", 5)
+    trailing = np.stack([ctrl.act(o) for o in obs])
+    ctrl.reset()
+    ctrl.set_sampling(spacing="leading")
+    assert not np.allclose(np.stack([ctrl.act(o) for o in obs]), trailing)
+    with pytest.raises(ValueError, match="unknown timestep spacing 'even'"):
+        ctrl.set_sampling(spacing="even")
 
 
 def test_flow_time_grid_shift_changes_at_run_time(flow_ckpt):
@@ -100,6 +108,8 @@ def test_flow_time_grid_shift_changes_at_run_time(flow_ckpt):
     assert not np.allclose(plain, shifted)
     schedule, _ = ctrl.chunk_sampler._tables[("euler", 3)]
     torch.testing.assert_close(schedule.sigma.double(), flow_sampling_schedule(3, 0.25).sigma)
+    with pytest.raises(ValueError, match="sets a DDPM policy's timesteps; this policy's objective is FlowMatching"):
+        ctrl.set_sampling(spacing="leading")
 
 
 def test_actions_are_clipped_to_the_action_space(ckpt):

@@ -73,5 +73,13 @@ def test_bad_objective_arguments():
         FlowMatching(time_sampling="normal")
     with pytest.raises(ValueError, match="flow sampling_shift must be > 0, got 0"):
         FlowMatching(sampling_shift=0)
+    with pytest.raises(ValueError, match="unknown timestep spacing 'even'"):
+        DDPM(spacing="even")
+
+
+def test_ddpm_spacing_is_the_default_of_its_sampling_schedule():
+    obj = DDPM(100, spacing="leading")
+    assert obj.sampling_schedule(4).model_time.tolist() == [75, 50, 25, 0, 0]  # ends at timestep 0, then clean
+    assert obj.sampling_schedule(4, "trailing").model_time.tolist() == [99, 74, 49, 24, 0]
     with pytest.raises(ValueError, match="unknown loss weighting"):
         DDPM(loss_weighting="snr")

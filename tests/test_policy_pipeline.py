@@ -96,6 +96,12 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
     else:
         with pytest.raises(ValueError, match="shift=0.5 sets a flow-matching policy's time grid"):
             eval_cli.run(shifted)
+    spaced = {**shifted, "shift": None, "spacing": "leading", "out": str(tmp_path / "ev4")}
+    if policy == "unet_ddpm":
+        assert eval_cli.run(spaced)["spacing"] == "leading" and res["spacing"] == "trailing"
+    else:
+        with pytest.raises(ValueError, match="spacing=leading sets a DDPM policy's timesteps"):
+            eval_cli.run(spaced)
     with pytest.raises(ValueError, match=r"n_action_steps \(16\) exceeds the horizon \(16\)"):
         policy_obj.set_n_action_steps(16)
 

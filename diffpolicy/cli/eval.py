@@ -1,7 +1,8 @@
 """diffpolicy-eval: success rate, rewards, videos and a summary plot of a trained policy.
 
     diffpolicy-eval checkpoint=runs/pusht/unet_ddpm_... n_episodes=100 sampler=ddim steps=4 [n_action_steps=2]
-    diffpolicy-eval checkpoint=runs/pusht/unet_flow_h8_... sampler=euler steps=4 shift=0.33   # flow time grid
+    diffpolicy-eval checkpoint=runs/pusht/unet_flow_h8_... sampler=euler steps=4 shift=0.2   # flow time grid
+    diffpolicy-eval checkpoint=runs/pusht/unet_ddpm_h8_... sampler=ddim steps=16 spacing=leading   # DDPM's
 
 Reports the success rate with a 95% confidence interval and, separately, the mean per-episode *max* reward (for
 PushT the max-coverage score that the Diffusion Policy paper reports; it is much higher than the success rate at
@@ -34,6 +35,9 @@ def run(cfg: dict) -> dict:
     if cfg.get("shift") is not None:
         policy.set_sampling_shift(cfg["shift"])
         label += f"_shift{cfg['shift']:g}"
+    if cfg.get("spacing") is not None:
+        policy.set_sampling_spacing(cfg["spacing"])
+        label += f"_{cfg['spacing']}"
     out = Path(cfg["out"]) if cfg.get("out") else ckpt.parent.parent / "eval" / label
     print(f"evaluating {ckpt} on {task['env_id']} ({label}); writing to {out.resolve()}")
     summary = evaluate(policy, task["env_id"], task.get("env_kwargs", {}), task["obs_keys"], task.get("image_keys", []),
@@ -41,8 +45,9 @@ def run(cfg: dict) -> dict:
                        video_episodes=cfg["video_episodes"], video_dir=out / "videos", device=device, **kwargs)
     summary.update(checkpoint=str(ckpt), env_id=task["env_id"], policy=config["policy"]["name"],
                    n_action_steps=policy.n_action_steps, **kwargs)
-    if hasattr(getattr(policy, "objective", None), "sampling_shift"):
-        summary["shift"] = policy.objective.sampling_shift
+    for key, attr in (("shift", "sampling_shift"), ("spacing", "spacing")):
+        if hasattr(getattr(policy, "objective", None), attr):
+            summary[key] = getattr(policy.objective, attr)
     save_summary(summary, out, f"{task['env_id']} {config['policy']['name']} {label}")
     return summary
 

@@ -148,14 +148,17 @@ class Controller:
         return self.warmup_seconds
 
     def set_sampling(self, sampler: str | None = None, steps: int | None = None, warm_up: bool = True,
-                     shift: float | None = None) -> None:
-        """Change the sampler, step count and/or (flow policies) time-grid shift; takes effect at the next chunk
-        launch. The warm-up samples one chunk in the calling thread (and captures a graph on CUDA): call it between
-        periods you can spare, or pass ``warm_up=False``."""
+                     shift: float | None = None, spacing: str | None = None) -> None:
+        """Change the sampler, step count and/or time grid (``shift`` for flow, ``spacing`` for DDPM policies);
+        takes effect at the next chunk launch. The warm-up samples one chunk in the calling thread (and captures a
+        graph on CUDA): call it between periods you can spare, or pass ``warm_up=False``."""
         sampler = self.sampler if sampler is None else sampler
         steps = self.steps if steps is None else steps
-        if shift is not None:  # an in-flight chunk keeps the tables it started with
+        if shift is not None:
             self.policy.set_sampling_shift(shift)
+        if spacing is not None:
+            self.policy.set_sampling_spacing(spacing)
+        if shift is not None or spacing is not None:  # an in-flight chunk keeps the tables it started with
             self.chunk_sampler.invalidate()
         self.chunk_sampler.prepare(sampler, steps)
         self.sampler, self.steps = sampler, steps

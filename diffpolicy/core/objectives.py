@@ -19,6 +19,7 @@ import torch
 
 from .schedules import (
     BETA_SCHEDULES,
+    SPACINGS,
     SamplingSchedule,
     ddpm_sampling_schedule,
     ddpm_timesteps,
@@ -137,14 +138,16 @@ class DDPM(Objective):
     def __init__(self, num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
                  beta_start: float = 1e-4, beta_end: float = 2e-2, prediction: str = "epsilon",
                  clip_x0: float | None = 1.0, clip_keeps_noise: bool = False, loss_weighting: str | None = None,
-                 snr_gamma: float = 5.0):
+                 snr_gamma: float = 5.0, spacing: str = "trailing"):
         if prediction not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"DDPM prediction must be epsilon, sample or v_prediction, not {prediction!r}")
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"unknown beta schedule {beta_schedule!r}; expected one of {BETA_SCHEDULES}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
         if loss_weighting not in (None, "min_snr"):
             raise ValueError(f"unknown loss weighting {loss_weighting!r}; expected None or 'min_snr'")
-        self.num_train_timesteps = num_train_timesteps
+        self.num_train_timesteps, self.spacing = num_train_timesteps, spacing
         self.prediction, self.clip_x0, self.clip_keeps_noise = prediction, clip_x0, clip_keeps_noise
         self.loss_weighting, self.snr_gamma = loss_weighting, snr_gamma
         self.betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
@@ -166,10 +169,11 @@ class DDPM(Objective):
         alpha, sigma, weight = self._train_tables[:, k]
         return alpha, sigma, k.float(), weight
 
-    def sampling_schedule(self, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> SamplingSchedule:
-        """Grid of ``steps`` timesteps. ``trailing`` (the default) starts at the last training timestep, i.e. at
-        pure noise, which few-step sampling needs (Lin et al. 2024); ``leading`` is diffusers' DDIM default."""
-        ts = ddpm_timesteps(self.num_train_timesteps, steps, spacing, steps_offset)
+    def sampling_schedule(self, steps: int, spacing: str | None = None, steps_offset: int = 0) -> SamplingSchedule:
+        """Grid of ``steps`` timesteps, spaced per ``spacing`` (default: the objective's ``spacing``).
+        ``trailing`` starts at the last training timestep, i.e. at pure noise (Lin et al. 2024); ``leading``
+        (diffusers' DDIM default, Diffusion Policy's) ends at timestep 0, one fine step nearer the data."""
+        ts = ddpm_timesteps(self.num_train_timesteps, steps, spacing or self.spacing, steps_offset)
         return ddpm_sampling_schedule(self.alphas_cumprod, ts)
 
 

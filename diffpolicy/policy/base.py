@@ -41,6 +41,9 @@ class Policy(nn.Module):
     def set_sampling_shift(self, shift: float) -> None:
         raise ValueError(f"shift={shift} sets a flow-matching policy's time grid; {type(self).__name__} has none")
 
+    def set_sampling_spacing(self, spacing: str) -> None:
+        raise ValueError(f"spacing={spacing} sets a DDPM policy's timesteps; {type(self).__name__} has none")
+
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalise low-dim keys and encode everything: ``{key: (B, To, ...)}`` -> ``(B, To * F)``."""
         normed = {k: (v if k in self.encoder.image_keys else self.normalizer.normalize(k, v)) for k, v in obs.items()

@@ -10,6 +10,7 @@ import torch
 
 from ..core.objectives import Objective
 from ..core.samplers import sample
+from ..core.schedules import SPACINGS
 from ..nets.unet1d import ConditionalUnet1D
 from .base import Policy
 
@@ -31,6 +32,15 @@ class DiffusionPolicy(Policy):
         if shift <= 0:
             raise ValueError(f"flow sampling shift must be > 0, got {shift}")
         self.objective.sampling_shift = float(shift)
+
+    def set_sampling_spacing(self, spacing: str) -> None:
+        """Choose a DDPM policy's timestep spacing (``leading``, ``trailing``, ``linspace``); flow has none."""
+        if not hasattr(self.objective, "spacing"):
+            raise ValueError(f"spacing={spacing} sets a DDPM policy's timesteps; this policy's objective is "
+                             f"{type(self.objective).__name__}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
+        self.objective.spacing = spacing
 
     def loss(self, cond, action, generator, noise=None):
         return self.objective.loss(self.net, action, cond, generator=generator, noise=noise)
