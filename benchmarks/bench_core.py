@@ -203,6 +203,17 @@ def interleaved(cases: dict, reps: int, warmup: int, desc: str) -> tuple[dict, d
     return wall, cpu
 
 
+def with_threads(fn, n: int, restore: int):
+    """``fn`` run with ``n`` intra-op threads (as the controller sets them), the process setting restored after."""
+    def run():
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(restore)
+    return run
+
+
 def pct(v: list[float], q: float) -> float:
     s = sorted(v)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -362,11 +373,15 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true",
                    help="also time chunks through the controller's torch.compile'd U-Net trunk (compiles first)")
+    p.add_argument("--our-threads", type=int, default=None,
+                   help="intra-op threads for our batch-1 cases (the controller's num_threads, default 1 there); "
+                        "the reference keeps --threads")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ref_cls, why = load_reference(a.reference)
-    print(f"# bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg at start {load()}")
+    print(f"# bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads"
+          + (f" ({a.our_threads} for our batch-1 cases)" if a.our_threads else "") + f", loadavg at start {load()}")
     if ref_cls is None:
         print(f"reference rows skipped: {why}")
     for wname in a.widths:
@@ -389,6 +404,9 @@ def main(argv=None):
             trunk = torch.compile(ours.forward_film)
             print(compiled_check(ours, trunk, cond, a.steps) + "\n")
         cases = sampling_cases(ref, ours, a.steps, cond, trunk)
+        if a.our_threads:
+            cases = {k: (with_threads(f, a.our_threads, a.threads) if k[2] != "reference" else f)
+                     for k, f in cases.items()}
         with torch.inference_mode():  # ours; the reference's own policy runs under no_grad, same cost on CPU
             load0 = load()
             times, cpu = interleaved(cases, a.reps, warmup=2, desc=f"sampling {wname}")
