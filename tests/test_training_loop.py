@@ -105,3 +105,7 @@ def test_bf16_cpu_autocasts_the_forward_pass_or_refuses_without_native_bf16(tmp_
     monkeypatch.setattr(loop.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     with pytest.raises(ValueError, match="this CPU has no native bf16"):
         train(Probe(), batches, cfg, tmp_path / "refused", {}, device=torch.device("cpu"))
+    seen.clear()
+    cfg.bf16_cpu = "auto"  # falls back to float32 where bf16 would be emulated
+    train(Probe(), batches, cfg, tmp_path / "auto", {}, device=torch.device("cpu"))
+    assert set(seen) == {torch.float32}

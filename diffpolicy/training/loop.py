@@ -40,7 +40,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end (if an evaluate callback is given)
     seed: int = 0
     bf16: bool = True  # bf16 autocast of the forward pass on CUDA
-    bf16_cpu: bool = False  # the same on a CPU with native bf16 (AVX512-BF16 / AMX); float32 weights either way
+    bf16_cpu: bool | str = False  # the same on a CPU with native bf16 (AVX512-BF16 / AMX); "auto": where there is
 
 
 def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
@@ -63,12 +63,16 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 
 def make_autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    """bf16 autocast per ``cfg.bf16`` (CUDA) / ``cfg.bf16_cpu`` (CPU); a CPU without native bf16 would emulate it,
-    slower than float32, so asking for it there is an error."""
-    if device.type == "cpu" and cfg.bf16_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    """bf16 autocast of the forward pass per ``cfg.bf16`` (CUDA) / ``cfg.bf16_cpu`` (CPU; weights, optimizer and
+    EMA stay float32). A CPU without native bf16 would emulate it, slower than float32: ``"auto"`` then trains in
+    float32, ``True`` is an error."""
+    if cfg.bf16_cpu not in (True, False, "auto"):
+        raise ValueError(f"training.bf16_cpu must be true, false or auto, got {cfg.bf16_cpu!r}")
+    native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if device.type == "cpu" and cfg.bf16_cpu is True and not native:
         raise ValueError("training.bf16_cpu=true, but this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would "
-                         "be emulated and slower than float32; set training.bf16_cpu=false")
-    enabled = cfg.bf16 if device.type == "cuda" else cfg.bf16_cpu and device.type == "cpu"
+                         "be emulated and slower than float32; set training.bf16_cpu=auto or false")
+    enabled = cfg.bf16 if device.type == "cuda" else bool(cfg.bf16_cpu) and native
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
