@@ -32,6 +32,18 @@ def test_conditioned_fast_path_equals_forward():
     torch.testing.assert_close(net.conditioned(g)(x, t), net(x, t, g), rtol=1e-6, atol=1e-6)
 
 
+def test_conditioned_view_refuses_a_per_call_condition():
+    # Classifier-free guidance passes (cond, null_cond) as one doubled batch; the view would drop it silently.
+    from diffpolicy.core.objectives import FlowMatching
+    from diffpolicy.core.samplers import sample
+
+    net = ConditionalUnet1D(action_dim=2, global_cond_dim=6, down_dims=(16, 32), n_groups=4)
+    g = torch.randn(2, 6)
+    with pytest.raises(ValueError, match="for classifier-free guidance .* sample with the network itself"):
+        sample(FlowMatching(), net.conditioned(g), torch.randn(2, 8, 2), g, sampler="euler", steps=2,
+               guidance=1.0, null_cond=torch.zeros(2, 6))
+
+
 def test_local_condition_is_used_and_required():
     net = ConditionalUnet1D(action_dim=2, local_cond_dim=3, down_dims=(16, 32), n_groups=4)
     x, loc = torch.randn(2, 8, 2), torch.randn(2, 8, 3)

@@ -112,7 +112,7 @@ def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(dataset, 
     cli = subprocess.run(["diffpolicy-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",
                           "video_episodes=0"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
-    assert "success" in cli.stdout and (tmp_path / "run/eval/regression_0/summary.json").is_file()
+    assert "success" in cli.stdout and (tmp_path / "run/eval/regression/summary.json").is_file()
     assert not (tmp_path / "outputs").exists()
     with pytest.raises(ValueError, match="trained on 'diffpolicy/TwoPath-v0', not 'diffpolicy/PushT-v0'"):
         load_policy(tmp_path / "run", expect_task="diffpolicy/PushT-v0")

@@ -28,7 +28,10 @@ def run(cfg: dict) -> dict:
     policy, config = load_policy(ckpt, use_ema=cfg.get("use_ema", True), device=device)
     task = config["task"]
     kwargs = {k: cfg[k] for k in ("sampler", "steps") if cfg.get(k) is not None}
-    label = f"{kwargs.get('sampler', getattr(policy, 'sampler', 'regression'))}_{kwargs.get('steps', getattr(policy, 'steps', 0))}"
+    if hasattr(policy, "sampler"):
+        label = f"{kwargs.get('sampler', policy.sampler)}_{kwargs.get('steps', policy.steps)}"
+    else:  # a regression policy (MLP-BC) has no sampler or step count
+        label = "regression"
     if cfg.get("n_action_steps") is not None:
         policy.set_n_action_steps(cfg["n_action_steps"])
         label += f"_exec{policy.n_action_steps}"

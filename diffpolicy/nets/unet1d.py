@@ -201,7 +201,11 @@ class ConditionedUnet:
         torch._assert_async(hit.any(1).all(), "conditioned(times=...): the sampler asked for a time not in times")
         return hit.to(self.time_table.dtype) @ self.time_table
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, _cond=None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        if cond is not None:  # e.g. classifier-free guidance's doubled batch: it would be silently ignored
+            raise ValueError("a conditioned U-Net carries its condition from conditioned(global_cond=...) and takes "
+                             "none per call; for classifier-free guidance (which passes cond and null_cond as one "
+                             "batch) sample with the network itself")
         if self.cond_part is None:
             self.cond_part = self.net.cond_film(self.global_cond, x.shape[0])
         return self.trunk(x, self.cond_part + self.time_part(t), self.local_cond)
