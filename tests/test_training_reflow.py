@@ -72,7 +72,7 @@ def test_reflow_run_starts_from_the_teacher_and_trains_on_its_samples(dataset, t
     assert b["noise"].shape == (8, 16, 2) and torch.equal(b["action"], CouplingBatches(c, 8, seed=3)(7)["action"])
 
     cfg = config(dataset, tmp_path / "student", "unet_ddpm")  # policy= is replaced by the teacher's
-    cfg["reflow"] = {"teacher": str(teacher_dir), "copies": 1, "sampler": "euler", "steps": 2}
+    cfg["reflow"] = {"teacher": str(teacher_dir), "copies": 1, "sampler": "euler", "steps": 2, "shift": 0.5}
     cfg["training"]["steps"] = 10
     train_cli.run(cfg)
     student, scfg = load_policy(tmp_path / "student")

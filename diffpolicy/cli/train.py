@@ -56,6 +56,8 @@ def run(cfg: dict) -> dict:
             raise ValueError(f"reflow teacher {reflow['teacher']} was trained on {tconfig['task']['env_id']!r}, "
                              f"not on this run's task {task['env_id']!r}")
         pcfg = tconfig["policy"]
+        if reflow.get("shift") is not None:
+            teacher.set_sampling_shift(reflow["shift"])
     geometry = dict(horizon=pcfg["horizon"], n_obs_steps=pcfg["n_obs_steps"], n_action_steps=pcfg["n_action_steps"])
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
