@@ -43,6 +43,18 @@ def curves(run_specs, merge_grids=False):
     return {k: sorted(v) for k, v in out.items()}
 
 
+def draw(ax, x, rate, lo, hi, label: str) -> None:
+    """One curve of success rates with their interval as error bars."""
+    err = [[max(0, r - a) for r, a in zip(rate, lo)], [max(0, b - r) for r, b in zip(rate, hi)]]
+    ax.errorbar(x, rate, yerr=err, marker="o", capsize=3, label=label)
+
+
+def save(fig, out: str) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"wrote {Path(out).resolve()}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("tasks", nargs="+", help="TITLE=[NAME@]run_dir[,[NAME@]run_dir...]")
@@ -54,17 +66,14 @@ def main():
         title, runs = spec.split("=", 1)
         for label, pts in curves(runs.split(","), args.merge_grids).items():
             steps, rate, lo, hi, grids = zip(*pts)
-            err = [[max(0, r - a) for r, a in zip(rate, lo)], [max(0, b - r) for r, b in zip(rate, hi)]]
-            ax.errorbar(steps, rate, yerr=err, marker="o", capsize=3, label=label)
+            draw(ax, steps, rate, lo, hi, label)
             for x, y, grid in zip(steps, rate, grids):
                 if args.merge_grids and grid:
                     ax.annotate(grid, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6)
         ax.set(xscale="log", xlabel="sampling steps", ylabel="success (95% CI)", ylim=(0, 1.05), title=title)
         ax.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {Path(args.out).resolve()}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from diffpolicy.policy.rollout import wilson_interval  # noqa: E402
+from plot_success_vs_steps import draw, save  # noqa: E402  (this folder)
 
 
 def points(source: str, episodes: int) -> list[tuple[float, float, int]]:
@@ -43,14 +44,11 @@ def main():
         label, source = spec.split("=", 1)
         minutes, rate, n = zip(*points(source, args.episodes))
         lo, hi = zip(*(wilson_interval(round(r * k), k) if k else (r, r) for r, k in zip(rate, n)))
-        err = [[r - a for r, a in zip(rate, lo)], [b - r for r, b in zip(rate, hi)]]
-        ax.errorbar(minutes, rate, yerr=err, marker="o", capsize=3, label=label)
+        draw(ax, minutes, rate, lo, hi, label)
     ax.axhline(0.7, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="training wall time (min)", ylabel="success (95% CI)", ylim=(0, 1.05), title=args.title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {Path(args.out).resolve()}")
+    save(fig, args.out)
 
 
 if __name__ == "__main__":
