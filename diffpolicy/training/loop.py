@@ -107,8 +107,10 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    # fused: one kernel for the whole update on CPU and CUDA (results/core.md: 1.12x / 1.20x per training step)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
+                            fused=True)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     start = 0
     ckpt_root = run_dir / "checkpoints"
