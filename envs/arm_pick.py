@@ -31,7 +31,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from diffpolicy.envs.two_path import CameraSet, load_model
+from diffpolicy.envs.mujoco_utils import CameraSet, load_model
 
 OBS_TYPES = ("state", "dict", "pixels")
 CAMERAS = ("scene", "wrist")  # observation keys img_scene, img_wrist

@@ -41,24 +41,17 @@ Privileged access (for experts and tests): ``get_state()``, ``set_state(state)``
 ``render()`` returns a ``render_size`` x ``render_size`` frame (default 256) from the same top camera.
 """
 
-from importlib import resources
-
 import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
 from diffpolicy.envs import pusht_geometry as geom
+from diffpolicy.envs.mujoco_utils import CameraSet, load_model
 
 OBS_TYPES = ("state", "keypoints", "dict", "pixels")
 WORKSPACE = 512.0
 IMG_SIZE = 96
-
-
-def load_model() -> mujoco.MjModel:
-    """Compile the Push-T MJCF shipped as package data (``diffpolicy/envs/assets/pusht.xml``)."""
-    xml = resources.files("diffpolicy.envs").joinpath("assets/pusht.xml").read_text()
-    return mujoco.MjModel.from_xml_string(xml)
 
 
 class PushTEnv(gym.Env):
@@ -77,12 +70,12 @@ class PushTEnv(gym.Env):
         self.render_mode = render_mode
         self.render_size = int(render_size)
         self.control_hz = 10
-        self.model = load_model()
+        self.model = load_model("pusht.xml")
         self.data = mujoco.MjData(self.model)
         self.n_substeps = int(round(1.0 / (self.control_hz * self.model.opt.timestep)))
         self.goal_pose = np.array(geom.GOAL_POSE)
         self.success_threshold = geom.SUCCESS_COVERAGE
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._cameras = CameraSet(self.model)
 
         self.action_space = spaces.Box(0.0, WORKSPACE, shape=(2,), dtype=np.float32)
         state = spaces.Box(
@@ -186,12 +179,8 @@ class PushTEnv(gym.Env):
 
     # ----------------------------------------------------------------------------------------------- rendering
     def _render(self, size: int) -> np.ndarray:
-        renderer = self._renderers.get(size)
-        if renderer is None:  # one renderer per size, created on first use and reused (creation is slow)
-            renderer = self._renderers[size] = mujoco.Renderer(self.model, size, size)
-        renderer.update_scene(self.data, camera="top")
         # The camera looks down with +y up the image; flip so +y points down like the original's pygame frames.
-        return np.ascontiguousarray(renderer.render()[::-1])
+        return np.ascontiguousarray(self._cameras.render(self.data, "top", size)[::-1])
 
     def render(self):
         """Top-down RGB frame (render_size, render_size, 3) uint8 when ``render_mode="rgb_array"``, else None."""
@@ -200,6 +189,4 @@ class PushTEnv(gym.Env):
         return self._render(self.render_size)
 
     def close(self):
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        self._cameras.close()
