@@ -61,7 +61,7 @@ def main():
     ap.add_argument("--merge-grids", action="store_true", help="one curve per sampler; points labelled by grid")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    fig, axes = plt.subplots(1, len(args.tasks), figsize=(5 * len(args.tasks), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(args.tasks), figsize=(7 * len(args.tasks), 4.5), squeeze=False)
     for ax, spec in zip(axes[0], args.tasks):
         title, runs = spec.split("=", 1)
         for label, pts in curves(runs.split(","), args.merge_grids).items():
