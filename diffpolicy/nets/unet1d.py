@@ -17,17 +17,25 @@ from torch import nn
 from .embeddings import TimeEmbedding
 
 
-# At most this many output positions (batch x length) take the matrix-product convolution below. Measured on a 2-core
-# AMD EPYC (benchmarks/results/core.md): at batch 1 it is 1.6-2.1x faster than torch's conv1d, which picks its
-# unblocked im2col path for one-sample inputs; from batch 32 on torch's (oneDNN) path wins, also for backward.
+# Inputs of at most this many positions (batch x horizon) take the matrix-product convolution below: at batch 1 it is
+# 1.6-2.1x faster than torch's conv1d, which picks its unblocked im2col path for one-sample inputs (2-core AMD EPYC,
+# benchmarks/results/core.md). Larger inputs (training batches) take torch's oneDNN path.
 GEMM_CONV_MAX_ROWS = 128
+# On CPU, large inputs of U-Nets no wider than this run the trunk on (B, C, 1, T) tensors in channels_last memory
+# format, where oneDNN's convolutions and GroupNorm skip layout reorders. Float32 training step on the same EPYC, one
+# thread: 1.16x faster at (64,128,256), 1.32x at (32,64,128); but 0.94x at (256,512,1024); bf16 autocast: no change.
+CHANNELS_LAST_MAX_WIDTH = 256
 
 
 class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` (stride 1, 'same' padding) that, for small inputs, runs as one product of unfolded windows
-    ``(B T, C_in K) @ (C_in K, C_out)``. Same parameters and state-dict keys as ``nn.Conv1d``."""
+    """``nn.Conv1d`` ('same' zero padding) that, for small stride-1 inputs, runs as one product of unfolded windows
+    ``(B T, C_in K) @ (C_in K, C_out)``, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout. Same
+    parameters and state-dict keys as ``nn.Conv1d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
+                            (1, self.dilation[0]), self.groups)
         B, C, T = x.shape
         k, pad = self.kernel_size[0], self.padding[0]
         if (B * T > GEMM_CONV_MAX_ROWS or self.stride != (1,) or self.dilation != (1,) or self.groups != 1
@@ -42,8 +50,19 @@ class Conv1d(nn.Conv1d):
         return out.view(B, T, self.out_channels).transpose(1, 2)
 
 
+class ConvTranspose1d(nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` that also takes the trunk's ``(B, C, 1, T)`` channels-last layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            return F.conv_transpose2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
+                                      (0, self.padding[0]), (0, self.output_padding[0]), self.groups,
+                                      (1, self.dilation[0]))
+        return super().forward(x)
+
+
 class ConvBlock(nn.Sequential):
-    """Conv1d -> GroupNorm -> Mish on ``(B, C, T)``; 'same' padding."""
+    """Conv1d -> GroupNorm -> Mish on ``(B, C, T)`` or ``(B, C, 1, T)``; 'same' padding."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, groups: int):
         if c_out % groups:
@@ -63,8 +82,8 @@ class FiLMResBlock(nn.Module):
         self.film_dim = 2 * c_out
 
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, C_in, T)``, ``film`` ``(B, 2 C_out)`` -> ``(B, C_out, T)``."""
-        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
+        """``x`` ``(B, C_in, T)`` or ``(B, C_in, 1, T)``, ``film`` ``(B, 2 C_out)`` -> ``x``'s layout, ``C_out``."""
+        scale, bias = film.view(*film.shape, *(1,) * (x.ndim - 2)).chunk(2, dim=1)
         return self.conv2(torch.addcmul(bias, scale, self.conv1(x))) + self.skip(x)
 
 
@@ -77,13 +96,16 @@ class ConditionalUnet1D(nn.Module):
         local_cond_dim: per-timestep condition ``(B, T, local_cond_dim)`` added at full resolution (0 for none).
         down_dims: channel widths per level; the horizon must be divisible by ``2 ** (len(down_dims) - 1)``.
         time_embed_dim: size of the diffusion-time embedding.
+        channels_last: run the trunk on ``(B, C, 1, T)`` channels_last tensors for large CPU inputs (training
+            batches); ``None``: when no level is wider than ``CHANNELS_LAST_MAX_WIDTH``. Outputs are the same.
     """
 
     def __init__(self, action_dim: int, global_cond_dim: int = 0, local_cond_dim: int = 0,
                  down_dims: Sequence[int] = (256, 512, 1024), kernel_size: int = 5, n_groups: int = 8,
-                 time_embed_dim: int = 256):
+                 time_embed_dim: int = 256, channels_last: bool | None = None):
         super().__init__()
         down_dims = list(down_dims)
+        self.channels_last = max(down_dims) <= CHANNELS_LAST_MAX_WIDTH if channels_last is None else channels_last
         self.levels = len(down_dims)
         self.global_cond_dim, self.local_cond_dim = global_cond_dim, local_cond_dim
         self.time_embed = TimeEmbedding(time_embed_dim)
@@ -95,12 +117,12 @@ class ConditionalUnet1D(nn.Module):
         for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
             last = level == self.levels - 1
             self.down.append(nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
-                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
+                                            nn.Identity() if last else Conv1d(c_out, c_out, 3, 2, 1)]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(list(zip(down_dims[:-1], down_dims[1:]))):
             self.up.append(nn.ModuleList([block(c_out * 2, c_in), block(c_in, c_in),
-                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+                                          ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
         self.final = nn.Sequential(ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
                                    Conv1d(down_dims[0], action_dim, 1))
         self.local = (nn.Sequential(nn.Linear(local_cond_dim, down_dims[0]), nn.Mish(),
@@ -141,11 +163,14 @@ class ConditionalUnet1D(nn.Module):
         films = film.split([b.film_dim for b in self._blocks], dim=1)
         it = iter(films)
         h = x.transpose(1, 2)
+        if self.channels_last and x.device.type == "cpu" and x.shape[0] * x.shape[1] > GEMM_CONV_MAX_ROWS:
+            h = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         local = None
         if self.local is not None:
             if local_cond is None:
                 raise ValueError(f"this U-Net expects local_cond of shape (B, {x.shape[1]}, {self.local_cond_dim})")
             local = self.local(local_cond).transpose(1, 2)
+            local = local.unsqueeze(2) if h.ndim == 4 else local
         skips = []
         for level, (b1, b2, down) in enumerate(self.down):
             h = b1(h, next(it))
@@ -159,7 +184,8 @@ class ConditionalUnet1D(nn.Module):
         for b1, b2, upsample in self.up:
             h = b1(torch.cat([h, skips.pop()], dim=1), next(it))
             h = upsample(b2(h, next(it)))
-        return self.final(h).transpose(1, 2)
+        out = self.final(h)
+        return (out.squeeze(2) if out.ndim == 4 else out).transpose(1, 2)
 
     def time_table(self, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(unique times (N,), their FiLM time parts (N, F))`` for a schedule's model times ``(N,)``."""

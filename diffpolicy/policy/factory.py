@@ -42,7 +42,8 @@ def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Map
     if cfg["type"] == "diffusion":
         u = cfg.get("unet", {})
         net = ConditionalUnet1D(action_dim, encoder.out_dim, 0, u.get("down_dims", (256, 512, 1024)),
-                                u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256))
+                                u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256),
+                                u.get("channels_last"))
         return DiffusionPolicy(normalizer, encoder, make_objective(cfg["objective"]), net, sampler=cfg["sampler"],
                                steps=cfg["steps"], **geometry)
     if cfg["type"] == "mlp_bc":
