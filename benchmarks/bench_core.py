@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import diffpolicy
 from diffpolicy.core.objectives import DDPM
 from diffpolicy.core.samplers import ddim
 from diffpolicy.nets.unet1d import ConditionalUnet1D, ConditionedUnet, FiLMResBlock
@@ -58,8 +59,8 @@ def make_reference(ref_cls, widths):
                    down_dims=list(widths), kernel_size=KERNEL, n_groups=GROUPS, cond_predict_scale=True)
 
 
-def make_ours(widths):
-    return ConditionalUnet1D(ACTION_DIM, COND_DIM, 0, widths, KERNEL, GROUPS, TIME_DIM)
+def make_ours(widths, channels_last=None):
+    return ConditionalUnet1D(ACTION_DIM, COND_DIM, 0, widths, KERNEL, GROUPS, TIME_DIM, channels_last)
 
 
 def convert_reference_state(ref_state: dict, ours: ConditionalUnet1D) -> dict:
@@ -300,7 +301,7 @@ def training_cases(ref_cls, widths, variants, batch):
         noise_sched = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
         cases["reference"] = lambda: reference_train_step(ref, ref_opt, noise_sched, x0, cond)
     for v in variants:
-        net = make_ours(widths)
+        net = make_ours(widths, channels_last=False if "plain-layout" in v else None)
         net.load_state_dict(init)
         opt = torch.optim.AdamW(net.parameters(), fused="fused" in v, **adamw)
         cases[f"ours {v}"] = (lambda m=net, o=opt, bf=("bf16" in v): our_train_step(m, o, obj, x0, cond, bf))
@@ -369,7 +370,8 @@ def main(argv=None):
     p.add_argument("--train-reps", type=int, default=5)
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw"],
-                   help="our training variants, each a label with optional words fused-adamw, bf16")
+                   help="our training variants, each a label with optional words fused-adamw, bf16, plain-layout "
+                        "(the (B, C, T) trunk instead of the default layout)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true",
                    help="also time chunks through the controller's torch.compile'd U-Net trunk (compiles first)")
@@ -380,6 +382,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ref_cls, why = load_reference(a.reference)
+    # sys.path[0] is benchmarks/, so this is the *installed* diffpolicy unless PYTHONPATH says otherwise
+    print(f"# bench_core: diffpolicy from {Path(diffpolicy.__file__).parent}")
     print(f"# bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (f" ({a.our_threads} for our batch-1 cases)" if a.our_threads else "") + f", loadavg at start {load()}")
     if ref_cls is None:
