@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffpolicy.nets.unet1d import Conv1d, ConditionalUnet1D
+from diffpolicy.nets.unet1d import Conv1d, ConditionalUnet1D, ConvTranspose1d
 
 
 def test_shapes_and_time_sensitivity():
@@ -74,18 +74,34 @@ def test_precomputed_time_table_matches_per_step_and_rejects_other_times():
         net.conditioned(g, times=times[None])
 
 
-@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (5, 1), (3, 2)])
 @pytest.mark.parametrize("batch", [1, 3, 64])  # 64 x 16 rows takes torch's own convolution path
-def test_matrix_product_conv_equals_torch_conv(kernel, batch):
+def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
     torch.manual_seed(0)
-    conv = Conv1d(12, 20, kernel, padding=kernel // 2)
+    conv = Conv1d(12, 20, kernel, stride, padding=kernel // 2)
     x = torch.randn(batch, 12, 16, requires_grad=True)
-    ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=kernel // 2)
+    ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding=kernel // 2)
     out = conv(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
     grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
     ref_grads = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_matrix_product_transposed_conv_equals_torch(batch):
+    torch.manual_seed(0)
+    up = ConvTranspose1d(12, 20, 4, 2, 1)  # the U-Net's upsampling: length T -> 2 T
+    x = torch.randn(batch, 12, 8, requires_grad=True)
+    ref = torch.nn.functional.conv_transpose1d(x, up.weight, up.bias, 2, 1)
+    out = up(x)
+    assert out.shape == (batch, 20, 16)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, up.weight, up.bias), g)
+    ref_grads = torch.autograd.grad(ref, (x, up.weight, up.bias), g)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 

@@ -28,8 +28,8 @@ CHANNELS_LAST_MAX_WIDTH = 256
 
 
 class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` ('same' zero padding) that, for small stride-1 inputs, runs as one product of unfolded windows
-    ``(B T, C_in K) @ (C_in K, C_out)``, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout. Same
+    """``nn.Conv1d`` (zero padding) that, for small inputs, runs as one product of unfolded windows
+    ``(B T_out, C_in K) @ (C_in K, C_out)``, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout. Same
     parameters and state-dict keys as ``nn.Conv1d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,28 +37,37 @@ class Conv1d(nn.Conv1d):
             return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
                             (1, self.dilation[0]), self.groups)
         B, C, T = x.shape
-        k, pad = self.kernel_size[0], self.padding[0]
-        if (B * T > GEMM_CONV_MAX_ROWS or self.stride != (1,) or self.dilation != (1,) or self.groups != 1
-                or 2 * pad != k - 1 or self.padding_mode != "zeros"):
+        if (B * T > GEMM_CONV_MAX_ROWS or isinstance(self.padding, str) or self.dilation != (1,) or self.groups != 1
+                or self.padding_mode != "zeros"):
             return super().forward(x)
-        if k == 1:
-            cols = x.transpose(1, 2).reshape(B * T, C)
-        else:  # (B, C, T + 2 pad) -> (B, C, T, k) windows -> (B, T, C, k) rows, matching weight's (C_out, C, k)
-            cols = F.pad(x, (pad, pad)).unfold(2, k, 1).transpose(1, 2).reshape(B * T, C * k)
+        (k,), (s,), (pad,) = self.kernel_size, self.stride, self.padding
+        # (B, C, T + 2 pad) -> (B, C, T_out, k) windows -> (B, T_out, C, k) rows, matching weight's (C_out, C, k)
+        windows = F.pad(x, (pad, pad)).unfold(2, k, s) if (k, s, pad) != (1, 1, 0) else x.unsqueeze(-1)
+        t_out = windows.shape[2]
+        cols = windows.transpose(1, 2).reshape(B * t_out, C * k)
         w = self.weight.view(self.out_channels, C * k).t()
         out = torch.addmm(self.bias, cols, w) if self.bias is not None else cols @ w
-        return out.view(B, T, self.out_channels).transpose(1, 2)
+        return out.view(B, t_out, self.out_channels).transpose(1, 2)
 
 
 class ConvTranspose1d(nn.ConvTranspose1d):
-    """``nn.ConvTranspose1d`` that also takes the trunk's ``(B, C, 1, T)`` channels-last layout."""
+    """``nn.ConvTranspose1d`` that, for small inputs, runs as one matrix product ``(B T, C_in) @ (C_in, C_out K)``
+    followed by an overlap-add of the K taps (``F.fold``): torch's own batch-1 path (``slow_conv_transpose2d``)
+    took 10% of a (256,512,1024) forward. Also takes the trunk's ``(B, C, 1, T)`` channels-last layout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (k,), (s,), (pad,), (op,) = self.kernel_size, self.stride, self.padding, self.output_padding
         if x.ndim == 4:
-            return F.conv_transpose2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
-                                      (0, self.padding[0]), (0, self.output_padding[0]), self.groups,
-                                      (1, self.dilation[0]))
-        return super().forward(x)
+            return F.conv_transpose2d(x, self.weight.unsqueeze(2), self.bias, (1, s), (0, pad), (0, op),
+                                      self.groups, (1, self.dilation[0]))
+        B, C, T = x.shape
+        if B * T > GEMM_CONV_MAX_ROWS or self.dilation != (1,) or self.groups != 1 or op != 0:
+            return super().forward(x)
+        taps = x.transpose(1, 2).reshape(B * T, C) @ self.weight.view(C, -1)  # (B T, C_out k), C_out-major
+        t_out = (T - 1) * s - 2 * pad + k
+        out = F.fold(taps.view(B, T, -1).transpose(1, 2), (1, t_out), (1, k), padding=(0, pad), stride=(1, s))
+        out = out.view(B, self.out_channels, t_out)
+        return out + self.bias[:, None] if self.bias is not None else out
 
 
 class ConvBlock(nn.Sequential):
