@@ -74,6 +74,13 @@ def test_precomputed_time_table_matches_per_step_and_rejects_other_times():
         net.conditioned(g, times=times[None])
 
 
+def assert_same_values_and_grads(out, ref, inputs):
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (5, 1), (3, 2)])
 @pytest.mark.parametrize("batch", [1, 3, 64])  # 64 x 16 rows takes torch's own convolution path
 def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
@@ -81,13 +88,7 @@ def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
     conv = Conv1d(12, 20, kernel, stride, padding=kernel // 2)
     x = torch.randn(batch, 12, 16, requires_grad=True)
     ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding=kernel // 2)
-    out = conv(x)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(ref)
-    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
-    ref_grads = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_same_values_and_grads(conv(x), ref, (x, conv.weight, conv.bias))
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
@@ -98,12 +99,7 @@ def test_matrix_product_transposed_conv_equals_torch(batch):
     ref = torch.nn.functional.conv_transpose1d(x, up.weight, up.bias, 2, 1)
     out = up(x)
     assert out.shape == (batch, 20, 16)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(ref)
-    grads = torch.autograd.grad(out, (x, up.weight, up.bias), g)
-    ref_grads = torch.autograd.grad(ref, (x, up.weight, up.bias), g)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_same_values_and_grads(out, ref, (x, up.weight, up.bias))
 
 
 def test_channels_last_trunk_equals_the_plain_one():
