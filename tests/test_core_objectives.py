@@ -64,6 +64,16 @@ def test_flow_time_distributions():
         assert torch.allclose(model_time, sigma * 1000)
 
 
+def test_flow_time_shift_moves_training_times_toward_the_data():
+    # t = s u / (1 + (s - 1) u) for uniform u: P(t <= x) = x / (s + (1 - s) x); with s = 1/3 the median is 0.25
+    g = torch.Generator().manual_seed(0)
+    alpha, sigma, model_time, _ = FlowMatching(time_shift=1 / 3).sample_training_times(20000, "cpu", g)
+    assert 0.24 < sigma.median() < 0.26, sigma.median()
+    for x in (0.1, 0.5, 0.9):
+        assert abs((sigma <= x).float().mean() - x / (1 / 3 + 2 / 3 * x)) < 0.01
+    assert torch.allclose(alpha + sigma, torch.ones(20000)) and torch.allclose(model_time, sigma * 1000)
+
+
 def test_bad_objective_arguments():
     with pytest.raises(ValueError, match="unknown beta schedule 'cosine'"):
         DDPM(beta_schedule="cosine")
@@ -73,6 +83,8 @@ def test_bad_objective_arguments():
         FlowMatching(time_sampling="normal")
     with pytest.raises(ValueError, match="flow sampling_shift must be > 0, got 0"):
         FlowMatching(sampling_shift=0)
+    with pytest.raises(ValueError, match="flow time_shift must be > 0, got -1"):
+        FlowMatching(time_shift=-1)
     with pytest.raises(ValueError, match="unknown timestep spacing 'even'"):
         DDPM(spacing="even")
 

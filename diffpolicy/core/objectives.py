@@ -25,6 +25,7 @@ from .schedules import (
     ddpm_timesteps,
     flow_sampling_schedule,
     make_betas,
+    shift_time,
 )
 
 Net = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -181,8 +182,9 @@ class FlowMatching(Objective):
     """Conditional flow matching on the rectified-flow path ``x_t = (1 - t) x0 + t noise`` (t = 1 is noise).
 
     Training times: ``uniform`` on [0, 1]; ``logit_normal`` (``sigmoid(N(m, s^2))``, SD3); or ``beta``
-    (pi0: ``t = 1 - s + s u`` with ``u ~ Beta(1.5, 1)``, ``s = 0.999``, which favours the noisy end).
-    The network sees ``model_time = time_scale * t`` so its sinusoidal embedding spans the same range as DDPM's.
+    (pi0: ``t = 1 - s + s u`` with ``u ~ Beta(1.5, 1)``, ``s = 0.999``, which favours the noisy end); then
+    ``time_shift`` (:func:`~diffpolicy.core.schedules.shift_time`; below 1 it moves training times toward the data
+    end, where the velocity loss weighs x0 errors less than DDPM's epsilon loss does). The network sees ``model_time = time_scale * t`` so its sinusoidal embedding spans the same range as DDPM's.
     ``sampling_shift`` is the default time-grid shift of :meth:`sampling_schedule` (a sampling choice, kept with the
     objective so a checkpoint's config carries it): below 1 it spends more of a few steps near the data end.
     """
@@ -191,11 +193,13 @@ class FlowMatching(Objective):
 
     def __init__(self, time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
                  beta_alpha: float = 1.5, beta_beta: float = 1.0, beta_s: float = 0.999, time_scale: float = 1000.0,
-                 sampling_shift: float = 1.0):
+                 sampling_shift: float = 1.0, time_shift: float = 1.0):
         if time_sampling not in ("uniform", "logit_normal", "beta"):
             raise ValueError(f"unknown flow time sampling {time_sampling!r}; expected uniform, logit_normal or beta")
-        if sampling_shift <= 0:
-            raise ValueError(f"flow sampling_shift must be > 0, got {sampling_shift}")
+        for name, value in (("sampling_shift", sampling_shift), ("time_shift", time_shift)):
+            if value <= 0:
+                raise ValueError(f"flow {name} must be > 0, got {value}")
+        self.time_shift = time_shift
         self.time_sampling, self.time_scale, self.sampling_shift = time_sampling, time_scale, sampling_shift
         self.logit_mean, self.logit_std = logit_mean, logit_std
         self.beta_alpha, self.beta_beta, self.beta_s = beta_alpha, beta_beta, beta_s
@@ -216,6 +220,7 @@ class FlowMatching(Objective):
                                                 torch.tensor(self.beta_beta, device=device))
                 u = dist.sample((batch,))
             t = 1 - self.beta_s + self.beta_s * u
+        t = shift_time(t, self.time_shift)
         return 1 - t, t, t * self.time_scale, torch.ones_like(t)
 
     def sampling_schedule(self, steps: int, shift: float | None = None) -> SamplingSchedule:

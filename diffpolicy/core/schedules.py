@@ -81,18 +81,22 @@ def ddpm_sampling_schedule(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
     return SamplingSchedule(alpha=acp.sqrt(), sigma=(1 - acp).clamp_min(0).sqrt(), model_time=model_time)
 
 
-def flow_sampling_schedule(steps: int, shift: float = 1.0, time_scale: float = 1000.0) -> SamplingSchedule:
-    """Tables for a flow-matching sampler: ``t`` uniform from 1 to 0 in ``steps`` steps.
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's time shift ``t' = s t / (1 + (s - 1) t)`` of flow times in [0, 1] (0 and 1 stay fixed): ``s > 1``
+    moves times toward the noise end, ``s < 1`` toward the data end."""
+    return shift * t / (1 + (shift - 1) * t)
 
-    ``shift > 1`` spends more steps near the noise end (SD3's ``t' = s t / (1 + (s - 1) t)``), ``shift < 1`` near
-    the data end.
+
+def flow_sampling_schedule(steps: int, shift: float = 1.0, time_scale: float = 1000.0) -> SamplingSchedule:
+    """Tables for a flow-matching sampler: ``t`` uniform from 1 to 0 in ``steps`` steps, then :func:`shift_time`.
+
+    ``shift > 1`` spends more steps near the noise end, ``shift < 1`` near the data end.
     ``model_time = time_scale * t`` matches the training call of :class:`~diffpolicy.core.objectives.FlowMatching`.
     """
     if steps < 1:
         raise ValueError(f"steps={steps}: a flow sampler needs at least 1 step")
     t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    t = shift * t / (1 + (shift - 1) * t)
-    return flow_schedule_from_times(t, time_scale)
+    return flow_schedule_from_times(shift_time(t, shift), time_scale)
 
 
 def flow_schedule_from_times(t: torch.Tensor, time_scale: float = 1000.0) -> SamplingSchedule:
