@@ -176,3 +176,14 @@ def test_real_two_path_task(tmp_path):
     rb = ReplayBuffer.open(s["path"])
     assert {"state", "action"} <= set(rb.keys) and rb.attrs["control_hz"] == 10.0
     assert {i["solution"] for i in rb.attrs["episode_info"]} <= {"left", "right"}
+
+
+def test_pusht_tasks_collect_with_the_same_expert():
+    # The image task's demos were once collected without the state task's DART noise (a much weaker dataset).
+    import yaml
+    from importlib.resources import files
+
+    tasks = {name: yaml.safe_load((files("diffpolicy.configs") / "task" / f"{name}.yaml").read_text())
+             for name in ("pusht", "pusht_image")}
+    assert tasks["pusht"]["expert_action_noise"] > 0
+    assert tasks["pusht_image"].get("expert_action_noise") == tasks["pusht"]["expert_action_noise"]
