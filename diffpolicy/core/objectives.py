@@ -184,7 +184,8 @@ class FlowMatching(Objective):
     Training times: ``uniform`` on [0, 1]; ``logit_normal`` (``sigmoid(N(m, s^2))``, SD3); or ``beta``
     (pi0: ``t = 1 - s + s u`` with ``u ~ Beta(1.5, 1)``, ``s = 0.999``, which favours the noisy end); then
     ``time_shift`` (:func:`~diffpolicy.core.schedules.shift_time`; below 1 it moves training times toward the data
-    end, where the velocity loss weighs x0 errors less than DDPM's epsilon loss does). The network sees ``model_time = time_scale * t`` so its sinusoidal embedding spans the same range as DDPM's.
+    end, where the velocity loss weighs x0 errors less than DDPM's epsilon loss does).
+    The network sees ``model_time = time_scale * t`` so its sinusoidal embedding spans the same range as DDPM's.
     ``sampling_shift`` is the default time-grid shift of :meth:`sampling_schedule` (a sampling choice, kept with the
     objective so a checkpoint's config carries it): below 1 it spends more of a few steps near the data end.
     """
@@ -199,8 +200,8 @@ class FlowMatching(Objective):
         for name, value in (("sampling_shift", sampling_shift), ("time_shift", time_shift)):
             if value <= 0:
                 raise ValueError(f"flow {name} must be > 0, got {value}")
-        self.time_shift = time_shift
-        self.time_sampling, self.time_scale, self.sampling_shift = time_sampling, time_scale, sampling_shift
+        self.time_sampling, self.time_scale, self.time_shift = time_sampling, time_scale, time_shift
+        self.sampling_shift = sampling_shift
         self.logit_mean, self.logit_std = logit_mean, logit_std
         self.beta_alpha, self.beta_beta, self.beta_s = beta_alpha, beta_beta, beta_s
 
