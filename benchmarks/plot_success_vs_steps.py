@@ -16,6 +16,8 @@ from pathlib import Path
 
 import matplotlib
 
+from diffpolicy.core.samplers import SAMPLERS
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -31,7 +33,7 @@ def curves(run_specs, merge_grids=False):
         name, run = spec.split("@", 1) if "@" in spec else (Path(spec).name, spec)
         for summary in sorted(Path(run).glob("eval/*_*/summary.json")):
             m = LABEL.match(summary.parent.name)
-            if m is None:
+            if m is None or m.group(1) not in SAMPLERS:  # evaluations written to a custom out= directory
                 continue
             sampler, steps, executed, shift, spacing = m.groups()
             s = json.loads(summary.read_text())
