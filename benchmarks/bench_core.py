@@ -234,8 +234,10 @@ HEADER = ["| {} | p50 ms | p90 ms | min ms | CPU p50 ms | p50 / ref | min / ref 
 
 # -- cases -----------------------------------------------------------------------------------------------------------
 def sampling_cases(ref, ours, steps_list, cond, trunk=None):
-    """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``. With ``trunk`` (a compiled
-    ``ours.forward_film``) also the controller's compiled path, who = ``"ours compiled"``."""
+    """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``. who = ``"ours"``: the
+    policy's path, FiLM time table computed in each chunk; ``"ours, table cached"``: the controller's eager path,
+    which computes it once per (sampler, steps); with ``trunk`` (a compiled ``ours.forward_film``) also the
+    controller's compiled path, ``"ours compiled"``."""
     obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0)
     x, t = torch.randn(1, HORIZON, ACTION_DIM), torch.tensor([50.0])
     cases = {("forward", 1, "ours"): lambda: ours(x, t, cond)}
@@ -254,8 +256,10 @@ def sampling_cases(ref, ours, steps_list, cond, trunk=None):
         cases[("chunk", n, "ours")] = lambda s=sched, tm=times: ddim(
             obj.denoiser(ours.conditioned(cond, times=tm)), torch.randn(1, HORIZON, ACTION_DIM), s)
         cases[("sampler only", n, "ours")] = lambda s=sched: ddim(obj.denoiser(null), torch.randn(1, HORIZON, ACTION_DIM), s)
-        if trunk is not None:  # as the controller runs it: time table cached per (sampler, steps), trunk compiled
-            table = ours.time_table(times)
+        table = ours.time_table(times)  # as the controller runs it: time table cached per (sampler, steps)
+        cases[("chunk", n, "ours, table cached")] = lambda s=sched, tt=table: ddim(obj.denoiser(ConditionedUnet(
+            ours, cond, None, time_table=tt)), torch.randn(1, HORIZON, ACTION_DIM), s)
+        if trunk is not None:
             cases[("chunk", n, "ours compiled")] = lambda s=sched, tt=table: ddim(obj.denoiser(ConditionedUnet(
                 ours, cond, None, time_table=tt, trunk=trunk)), torch.randn(1, HORIZON, ACTION_DIM), s)
         if ref is not None:
@@ -348,6 +352,7 @@ def sampling_report(times, cpu, steps_list, who) -> list[str]:
             if ("chunk", n, w) not in times:
                 continue
             step_key = ("forward", 1, "reference") if w == "reference" else ("step", 1, w)
+            step_key = step_key if step_key in times else ("step", 1, "ours")
             if step_key not in times:
                 continue
             chunk, diff = med(("chunk", n, w)), med(("chunk", n, w)) - n * med(step_key)
@@ -385,7 +390,8 @@ def main(argv=None):
     # sys.path[0] is benchmarks/, so this is the *installed* diffpolicy unless PYTHONPATH says otherwise
     print(f"# bench_core: diffpolicy from {Path(diffpolicy.__file__).parent}")
     print(f"# bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads"
-          + (f" ({a.our_threads} for our batch-1 cases)" if a.our_threads else "") + f", loadavg at start {load()}")
+          + (f" ({a.our_threads} for our batch-1 cases)" if a.our_threads else "")
+          + f", MKL_CBWR={os.environ.get('MKL_CBWR')}, loadavg at start {load()}")
     if ref_cls is None:
         print(f"reference rows skipped: {why}")
     for wname in a.widths:
@@ -414,7 +420,7 @@ def main(argv=None):
         with torch.inference_mode():  # ours; the reference's own policy runs under no_grad, same cost on CPU
             load0 = load()
             times, cpu = interleaved(cases, a.reps, warmup=2, desc=f"sampling {wname}")
-        who = ["reference", "ours"] + (["ours compiled"] if a.compile else [])
+        who = ["reference", "ours", "ours, table cached"] + (["ours compiled"] if a.compile else [])
         print(f"sampling, batch 1 (loadavg {load0} -> {load()}, {a.reps} reps, interleaved)\n")
         print("\n".join(sampling_report(times, cpu, a.steps, who)))
         if a.train_reps <= 0:

@@ -91,6 +91,53 @@ def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
     assert_same_values_and_grads(conv(x), ref, (x, conv.weight, conv.bias))
 
 
+@pytest.mark.parametrize("length", [1, 2, 4, 7])  # 1, 2: some taps never meet the input
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_tap_weight_grad_conv_matches_torch_gradients(length, kernel, bias):
+    from diffpolicy.nets.unet1d import TapWeightGradConv1d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, length, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+    inputs = (x, w, b) if bias else (x, w)
+    assert torch.autograd.gradcheck(lambda *a: TapWeightGradConv1d.apply(a[0], a[1], a[2] if bias else None,
+                                                                         kernel // 2), inputs)
+    # the weight gradient alone (an input without grad, as in the U-Net's first layer)
+    xd = x.detach()
+    out = TapWeightGradConv1d.apply(xd, w, b, kernel // 2)
+    ref = torch.nn.functional.conv1d(xd, w, b, padding=kernel // 2)
+    g = torch.randn_like(out)
+    params = (w, b) if bias else (w,)
+    for a, r in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, r)
+
+
+def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays():
+    from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS, tap_weight_grad_pays
+
+    torch.manual_seed(0)
+    conv = Conv1d(12, 20, 5, padding=2)
+    x = torch.randn(GEMM_CONV_MAX_ROWS, 12, 4, requires_grad=True)  # 4 x 128 positions: torch's path, length 4
+    assert tap_weight_grad_pays(12, 5, 4) and not tap_weight_grad_pays(12, 5, 16)
+    out = conv(x)
+    assert type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
+    ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=2)
+    assert_same_values_and_grads(out, ref, (x, conv.weight, conv.bias))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training: same gradients as torch's conv in bf16
+        out, ref = conv(x), torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=2)
+    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
+    g = torch.randn(out.shape)
+    for a, r in zip(torch.autograd.grad(out, (x, conv.weight, conv.bias), g),
+                    torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)):
+        assert a.dtype == r.dtype == torch.float32
+        torch.testing.assert_close(a, r, rtol=0.02, atol=0.02 * r.abs().max().item())
+    with torch.no_grad():  # inference keeps torch's own path
+        assert conv(x).grad_fn is None
+    assert type(conv(torch.randn(GEMM_CONV_MAX_ROWS, 12, 16)).grad_fn).__name__ != "TapWeightGradConv1dBackward"
+
+
 @pytest.mark.parametrize("batch", [1, 3, 64])
 def test_matrix_product_transposed_conv_equals_torch(batch):
     torch.manual_seed(0)

@@ -27,20 +27,82 @@ GEMM_CONV_MAX_ROWS = 128
 CHANNELS_LAST_MAX_WIDTH = 256
 
 
+def tap_weight_grad_pays(c_in: int, kernel: int, length: int) -> bool:
+    """Whether :class:`TapWeightGradConv1d` beats oneDNN's weight gradient for a ``(B, c_in, length)`` input.
+
+    Measured at batch 256, 2 threads, AMD EPYC (benchmarks/results/core.md, session 9): the tap products take
+    0.1-0.8x oneDNN's time at lengths up to 4 for any width, and 0.1-0.75x at every length when
+    ``c_in * kernel >= 5120``; on narrower inputs at length 16 they take 1.2-2.7x.
+    """
+    return length <= 4 or c_in * kernel >= 5120
+
+
+class TapWeightGradConv1d(torch.autograd.Function):
+    """Stride-1 zero-padded ``F.conv1d`` whose weight gradient is a sum of per-tap matrix products over the
+    positions where each tap meets real input, skipping the padding (30-40% of a kernel-5 product at lengths 2-4).
+
+    oneDNN's own weight gradient for short, wide sequences takes 2-15x its forward pass (batch 256, length 4, 1024 to
+    2048 input channels); the input gradient stays with oneDNN, which is as fast at it as at the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
+        """``x`` ``(B, C_in, T)``, ``weight`` ``(C_out, C_in, K)`` -> ``(B, C_out, T + 2 padding - K + 1)``."""
+        if torch.is_autocast_enabled(x.device.type):  # keep what the convolution computes in, for the backward
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = (v.to(dtype) if v is not None else None for v in (x, weight, bias))
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv1d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        pad, (c_out, c_in, k), t_in = ctx.padding, weight.shape, x.shape[2]
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = None
+        # The bias gradient is a plain sum (accumulated in at least float32 under bf16 autocast): asked of oneDNN
+        # without the weight gradient, it makes the call 4x slower.
+        sum_dtype = torch.promote_types(grad.dtype, torch.float32)
+        grad_b = grad.sum((0, 2), dtype=sum_dtype) if want_b and ctx.has_bias else None
+        if want_x:
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1], [pad], [1], False, [0], 1,
+                                                         [True, False, False])[0]
+        if want_w:
+            # (T, B, C) copies make each tap's run of positions one contiguous (positions x batch, C) matrix
+            xt, gt = x.permute(2, 0, 1).contiguous(), grad.permute(2, 0, 1).contiguous()
+            t_out = gt.shape[0]
+            grad_w, tap = grad.new_empty(c_out, c_in, k), grad.new_empty(c_out, c_in)
+            for j in range(k):
+                lo, hi = max(0, pad - j), min(t_out, t_in + pad - j)  # outputs whose tap j lands inside x
+                if hi > lo:
+                    torch.mm(gt[lo:hi].reshape(-1, c_out).t(), xt[lo + j - pad:hi + j - pad].reshape(-1, c_in),
+                             out=tap)
+                # a strided copy per tap: 3x faster than permuting a (K, C_out, C_in) stack at the end
+                grad_w[:, :, j] = tap if hi > lo else 0
+        return grad_x, grad_w, grad_b, None
+
+
 class Conv1d(nn.Conv1d):
     """``nn.Conv1d`` (zero padding) that, for small inputs, runs as one product of unfolded windows
-    ``(B T_out, C_in K) @ (C_in K, C_out)``, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout. Same
-    parameters and state-dict keys as ``nn.Conv1d``."""
+    ``(B T_out, C_in K) @ (C_in K, C_out)``, for large CPU inputs that need a weight gradient takes
+    :class:`TapWeightGradConv1d` where it pays, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout.
+    Same parameters and state-dict keys as ``nn.Conv1d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
             return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
                             (1, self.dilation[0]), self.groups)
         B, C, T = x.shape
-        if (B * T > GEMM_CONV_MAX_ROWS or isinstance(self.padding, str) or self.dilation != (1,) or self.groups != 1
-                or self.padding_mode != "zeros"):
+        if isinstance(self.padding, str) or self.dilation != (1,) or self.groups != 1 or self.padding_mode != "zeros":
             return super().forward(x)
         (k,), (s,), (pad,) = self.kernel_size, self.stride, self.padding
+        if B * T > GEMM_CONV_MAX_ROWS:
+            if (s == 1 and x.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled()
+                    and tap_weight_grad_pays(C, k, T)):
+                return TapWeightGradConv1d.apply(x, self.weight, self.bias, pad)
+            return super().forward(x)
         # (B, C, T + 2 pad) -> (B, C, T_out, k) windows -> (B, T_out, C, k) rows, matching weight's (C_out, C, k)
         windows = F.pad(x, (pad, pad)).unfold(2, k, s) if (k, s, pad) != (1, 1, 0) else x.unsqueeze(-1)
         t_out = windows.shape[2]
@@ -146,15 +208,17 @@ class ConditionalUnet1D(nn.Module):
             raise ValueError(f"horizon {horizon} does not fit a U-Net with {self.levels} levels: it must be a "
                              f"multiple of {step} (e.g. {step * max(1, round(horizon / step))})")
 
-    def cond_film(self, global_cond: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Condition part of all FiLM parameters, ``(B, F)``, bias included: constant over a chunk's steps."""
-        w_cond = self.film.weight[:, self.time_embed_dim:]
-        if self.global_cond_dim == 0:
-            return self.film.bias.expand(batch, -1)
-        if global_cond is None or global_cond.shape[-1] != self.global_cond_dim:
+    def check_global_cond(self, global_cond: torch.Tensor | None) -> None:
+        if self.global_cond_dim and (global_cond is None or global_cond.shape[-1] != self.global_cond_dim):
             got = None if global_cond is None else tuple(global_cond.shape)
             raise ValueError(f"global_cond: expected shape (B, {self.global_cond_dim}), got {got}")
-        return F.linear(F.mish(global_cond), w_cond, self.film.bias)
+
+    def cond_film(self, global_cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Condition part of all FiLM parameters, ``(B, F)``, bias included: constant over a chunk's steps."""
+        if self.global_cond_dim == 0:
+            return self.film.bias.expand(batch, -1)
+        self.check_global_cond(global_cond)
+        return F.linear(F.mish(global_cond), self.film.weight[:, self.time_embed_dim:], self.film.bias)
 
     def time_film(self, t: torch.Tensor) -> torch.Tensor:
         """Time part of all FiLM parameters: ``(B,)`` -> ``(B, F)``."""
@@ -164,7 +228,14 @@ class ConditionalUnet1D(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor | None = None,
                 local_cond: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, T, D)``, ``t`` ``(B,)`` -> ``(B, T, D)``."""
-        return self.forward_film(x, self.cond_film(global_cond, x.shape[0]) + self.time_film(t), local_cond)
+        # One product with the whole FiLM weight: the split parts' backward would zero-fill two weight-sized buffers.
+        emb = F.mish(self.time_embed(t))
+        if self.global_cond_dim:
+            self.check_global_cond(global_cond)
+            cond = F.mish(global_cond)
+            batch = max(len(emb), len(cond))  # either may be one row, broadcast as the split form did
+            emb = torch.cat([emb.expand(batch, -1), cond.expand(batch, -1)], dim=1)
+        return self.forward_film(x, F.linear(emb, self.film.weight, self.film.bias), local_cond)
 
     def forward_film(self, x: torch.Tensor, film: torch.Tensor, local_cond: torch.Tensor | None = None):
         """The trunk, given precomputed FiLM parameters ``(B, F)``."""
