@@ -10,10 +10,12 @@ converted into our layout and both networks are compared on a forward and a full
 The reference is never part of this repository: fetch it as described in ``benchmarks/reference_unet.md`` and pass
 its directory with ``--reference DIR`` or ``DIFFPOLICY_DP_REFERENCE=DIR``; without it only our rows are measured.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_core.py --reference /tmp/dpref
+    python benchmarks/bench_core.py --reference /tmp/dpref --compile
 
-(``OMP_WAIT_POLICY=PASSIVE`` keeps the two OpenMP threads from spinning against other jobs on a shared machine;
-results and their exact commands: ``benchmarks/results/core.md``.)
+On a quiet machine keep OpenMP's default wait policy: ``OMP_WAIT_POLICY=PASSIVE`` (for a machine shared with other
+jobs, where spinning threads fight them) wakes a sleeping thread at every parallel op, which at batch 1 doubled our
+small-width forward on 2 threads (7.9 vs 3.5 ms) and cost the reference less. Results and their exact commands:
+``benchmarks/results/core.md``.
 """
 
 from __future__ import annotations
