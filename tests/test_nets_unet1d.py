@@ -94,39 +94,55 @@ def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
 @pytest.mark.parametrize("length", [1, 2, 4, 7])  # 1, 2: some taps never meet the input
 @pytest.mark.parametrize("kernel", [1, 3, 5])
 @pytest.mark.parametrize("bias", [True, False])
-def test_tap_weight_grad_conv_matches_torch_gradients(length, kernel, bias):
+@pytest.mark.parametrize("channels_last", [False, True])  # (B, C, T) or the trunk's (B, C, 1, T)
+def test_tap_weight_grad_conv_matches_torch_gradients(length, kernel, bias, channels_last):
     from diffpolicy.nets.unet1d import TapWeightGradConv1d
 
     torch.manual_seed(0)
-    x = torch.randn(3, 4, length, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, length, dtype=torch.float64)
+    if channels_last:
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     w = torch.randn(5, 4, kernel, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
     inputs = (x, w, b) if bias else (x, w)
     assert torch.autograd.gradcheck(lambda *a: TapWeightGradConv1d.apply(a[0], a[1], a[2] if bias else None,
                                                                          kernel // 2), inputs)
-    # the weight gradient alone (an input without grad, as in the U-Net's first layer)
+    # the weight gradient alone (an input without grad, as in the U-Net's first layer), against torch's conv
     xd = x.detach()
     out = TapWeightGradConv1d.apply(xd, w, b, kernel // 2)
-    ref = torch.nn.functional.conv1d(xd, w, b, padding=kernel // 2)
+    if channels_last:
+        ref = torch.nn.functional.conv2d(xd, w.unsqueeze(2), b, padding=(0, kernel // 2))
+    else:
+        ref = torch.nn.functional.conv1d(xd, w, b, padding=kernel // 2)
+    torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
     params = (w, b) if bias else (w,)
     for a, r in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
         torch.testing.assert_close(a, r)
 
 
-def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channels_last):
     from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS, tap_weight_grad_pays
 
     torch.manual_seed(0)
-    conv = Conv1d(12, 20, 5, padding=2)
-    x = torch.randn(GEMM_CONV_MAX_ROWS, 12, 4, requires_grad=True)  # 4 x 128 positions: torch's path, length 4
-    assert tap_weight_grad_pays(12, 5, 4) and not tap_weight_grad_pays(12, 5, 16)
+    conv = Conv1d(128, 20, 5, padding=2)
+    x = torch.randn(GEMM_CONV_MAX_ROWS, 128, 4)  # 4 x 128 positions: beyond the batch-1 path, length 4
+    if channels_last:
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert tap_weight_grad_pays(128, 5, 4) and not tap_weight_grad_pays(64, 5, 4)
+    assert not tap_weight_grad_pays(128, 5, 16) and tap_weight_grad_pays(1024, 5, 16)
     out = conv(x)
     assert type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
-    ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=2)
+    w4 = conv.weight.unsqueeze(2) if channels_last else conv.weight
+    conv_ref = torch.nn.functional.conv2d if channels_last else torch.nn.functional.conv1d
+    padding = (0, 2) if channels_last else 2
+    ref = conv_ref(x, w4, conv.bias, padding=padding)
     assert_same_values_and_grads(out, ref, (x, conv.weight, conv.bias))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training: same gradients as torch's conv in bf16
-        out, ref = conv(x), torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=2)
+        out, ref = conv(x), conv_ref(x, w4, conv.bias, padding=padding)
     assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
     g = torch.randn(out.shape)
     for a, r in zip(torch.autograd.grad(out, (x, conv.weight, conv.bias), g),
@@ -135,7 +151,8 @@ def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays():
         torch.testing.assert_close(a, r, rtol=0.02, atol=0.02 * r.abs().max().item())
     with torch.no_grad():  # inference keeps torch's own path
         assert conv(x).grad_fn is None
-    assert type(conv(torch.randn(GEMM_CONV_MAX_ROWS, 12, 16)).grad_fn).__name__ != "TapWeightGradConv1dBackward"
+    narrow = Conv1d(64, 20, 5, padding=2)
+    assert type(narrow(x[:, :64]).grad_fn).__name__ != "TapWeightGradConv1dBackward"
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
@@ -154,7 +171,8 @@ def test_channels_last_trunk_equals_the_plain_one():
     from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS
 
     torch.manual_seed(0)
-    kwargs = dict(action_dim=2, global_cond_dim=6, local_cond_dim=3, down_dims=(16, 32, 64), n_groups=4)
+    # 128 channels at length 4: the channels-last trunk takes the tap weight gradient there
+    kwargs = dict(action_dim=2, global_cond_dim=6, local_cond_dim=3, down_dims=(16, 32, 128), n_groups=4)
     nets = [ConditionalUnet1D(**kwargs, channels_last=flag) for flag in (True, False)]
     nets[1].load_state_dict(nets[0].state_dict())
     x, t = torch.randn(20, 16, 2), torch.rand(20) * 100

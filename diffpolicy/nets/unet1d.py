@@ -30,48 +30,55 @@ CHANNELS_LAST_MAX_WIDTH = 256
 def tap_weight_grad_pays(c_in: int, kernel: int, length: int) -> bool:
     """Whether :class:`TapWeightGradConv1d` beats oneDNN's weight gradient for a ``(B, c_in, length)`` input.
 
-    Measured at batch 256, 2 threads, AMD EPYC (benchmarks/results/core.md, session 9): the tap products take
-    0.1-0.8x oneDNN's time at lengths up to 4 for any width, and 0.1-0.75x at every length when
-    ``c_in * kernel >= 5120``; on narrower inputs at length 16 they take 1.2-2.7x.
+    Measured on a 2-core AMD EPYC (benchmarks/results/core.md, session 9). ``(B, C, T)`` float32, batch 256: the tap
+    products take 0.1-0.75x oneDNN's time at every length when ``c_in * kernel >= 5120``, 0.2-0.8x at lengths up to
+    4 from 128 channels, and 1.2-2.7x at length 16 below 1024. Channels-last ``(B, C, 1, T)``, batch 128-256: 0.2-0.6x
+    at lengths 2-4 from 128 channels (bf16 and float32 alike), but 1.4x for 64 channels at length 4 in float32.
     """
-    return length <= 4 or c_in * kernel >= 5120
+    return (length <= 4 and c_in * kernel >= 512) or c_in * kernel >= 5120
 
 
 class TapWeightGradConv1d(torch.autograd.Function):
-    """Stride-1 zero-padded ``F.conv1d`` whose weight gradient is a sum of per-tap matrix products over the
-    positions where each tap meets real input, skipping the padding (30-40% of a kernel-5 product at lengths 2-4).
+    """Stride-1 zero-padded convolution, on ``(B, C, T)`` or the trunk's channels-last ``(B, C, 1, T)``, whose
+    weight gradient is a sum of per-tap matrix products over the positions where each tap meets real input,
+    skipping the padding (30-40% of a kernel-5 product at lengths 2-4).
 
-    oneDNN's own weight gradient for short, wide sequences takes 2-15x its forward pass (batch 256, length 4, 1024 to
-    2048 input channels); the input gradient stays with oneDNN, which is as fast at it as at the forward pass.
+    oneDNN's own weight gradient for short, wide sequences takes 2-15x its forward pass (e.g. batch 256, length 4:
+    1024 to 2048 input channels in float32, 256 channels channels-last in bf16); the input gradient stays with
+    oneDNN, which is as fast at it as at the forward pass.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
-        """``x`` ``(B, C_in, T)``, ``weight`` ``(C_out, C_in, K)`` -> ``(B, C_out, T + 2 padding - K + 1)``."""
+        """``x`` ``(B, C_in, T)`` or ``(B, C_in, 1, T)``, ``weight`` ``(C_out, C_in, K)`` -> ``x``'s layout with
+        ``C_out`` channels and length ``T + 2 padding - K + 1``."""
         if torch.is_autocast_enabled(x.device.type):  # keep what the convolution computes in, for the backward
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight, bias = (v.to(dtype) if v is not None else None for v in (x, weight, bias))
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
+        if x.ndim == 4:
+            return F.conv2d(x, weight.unsqueeze(2), bias, 1, (0, padding))
         return F.conv1d(x, weight, bias, padding=padding)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        pad, (c_out, c_in, k), t_in = ctx.padding, weight.shape, x.shape[2]
+        pad, (c_out, c_in, k), t_in, nd = ctx.padding, weight.shape, x.shape[-1], x.ndim - 2
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = None
         # The bias gradient is a plain sum (accumulated in at least float32 under bf16 autocast): asked of oneDNN
         # without the weight gradient, it makes the call 4x slower.
         sum_dtype = torch.promote_types(grad.dtype, torch.float32)
-        grad_b = grad.sum((0, 2), dtype=sum_dtype) if want_b and ctx.has_bias else None
+        grad_b = grad.sum((0, *range(2, x.ndim)), dtype=sum_dtype) if want_b and ctx.has_bias else None
         if want_x:
-            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1], [pad], [1], False, [0], 1,
-                                                         [True, False, False])[0]
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight.view(c_out, c_in, *(1,) * (nd - 1), k), None, [1] * nd, [0] * (nd - 1) + [pad],
+                [1] * nd, False, [0] * nd, 1, [True, False, False])[0]
         if want_w:
             # (T, B, C) copies make each tap's run of positions one contiguous (positions x batch, C) matrix
-            xt, gt = x.permute(2, 0, 1).contiguous(), grad.permute(2, 0, 1).contiguous()
+            xt, gt = (v.flatten(2).permute(2, 0, 1).contiguous() for v in (x, grad))
             t_out = gt.shape[0]
             grad_w, tap = grad.new_empty(c_out, c_in, k), grad.new_empty(c_out, c_in)
             for j in range(k):
@@ -91,18 +98,20 @@ class Conv1d(nn.Conv1d):
     Same parameters and state-dict keys as ``nn.Conv1d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (k,), (s,) = self.kernel_size, self.stride
+        B, C, T = x.shape[0], x.shape[1], x.shape[-1]
+        simple = (not isinstance(self.padding, str) and self.dilation == (1,) and self.groups == 1
+                  and self.padding_mode == "zeros")
+        small = x.ndim == 3 and B * T <= GEMM_CONV_MAX_ROWS
+        if (simple and not small and s == 1 and x.device.type == "cpu" and self.weight.requires_grad
+                and torch.is_grad_enabled() and tap_weight_grad_pays(C, k, T)):
+            return TapWeightGradConv1d.apply(x, self.weight, self.bias, self.padding[0])
         if x.ndim == 4:
             return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
                             (1, self.dilation[0]), self.groups)
-        B, C, T = x.shape
-        if isinstance(self.padding, str) or self.dilation != (1,) or self.groups != 1 or self.padding_mode != "zeros":
+        if not (simple and small):
             return super().forward(x)
-        (k,), (s,), (pad,) = self.kernel_size, self.stride, self.padding
-        if B * T > GEMM_CONV_MAX_ROWS:
-            if (s == 1 and x.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled()
-                    and tap_weight_grad_pays(C, k, T)):
-                return TapWeightGradConv1d.apply(x, self.weight, self.bias, pad)
-            return super().forward(x)
+        pad = self.padding[0]
         # (B, C, T + 2 pad) -> (B, C, T_out, k) windows -> (B, T_out, C, k) rows, matching weight's (C_out, C, k)
         windows = F.pad(x, (pad, pad)).unfold(2, k, s) if (k, s, pad) != (1, 1, 0) else x.unsqueeze(-1)
         t_out = windows.shape[2]
