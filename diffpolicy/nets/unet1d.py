@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import TimeEmbedding
+from .mish import Mish
 
 
 # Inputs of at most this many positions (batch x horizon) take the matrix-product convolution below: at batch 1 it is
@@ -148,7 +149,7 @@ class ConvBlock(nn.Sequential):
         if c_out % groups:
             raise ValueError(f"GroupNorm: {c_out} channels are not divisible into {groups} groups")
         super().__init__(Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(groups, c_out),
-                         nn.Mish())
+                         Mish())
 
 
 class FiLMResBlock(nn.Module):
