@@ -218,31 +218,35 @@ class ConditionalUnet1D(nn.Module):
             raise ValueError(f"horizon {horizon} does not fit a U-Net with {self.levels} levels: it must be a "
                              f"multiple of {step} (e.g. {step * max(1, round(horizon / step))})")
 
-    def check_global_cond(self, global_cond: torch.Tensor | None) -> None:
-        if self.global_cond_dim and (global_cond is None or global_cond.shape[-1] != self.global_cond_dim):
+    def time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """FiLM input from the diffusion time: ``(B,)`` -> ``(B, time_embed_dim)``."""
+        return F.mish(self.time_embed(t))
+
+    def cond_features(self, global_cond: torch.Tensor | None) -> torch.Tensor:
+        """FiLM input from the global condition: ``(B, global_cond_dim)`` -> same shape, checked."""
+        if global_cond is None or global_cond.shape[-1] != self.global_cond_dim:
             got = None if global_cond is None else tuple(global_cond.shape)
             raise ValueError(f"global_cond: expected shape (B, {self.global_cond_dim}), got {got}")
+        return F.mish(global_cond)
 
     def cond_film(self, global_cond: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Condition part of all FiLM parameters, ``(B, F)``, bias included: constant over a chunk's steps."""
         if self.global_cond_dim == 0:
             return self.film.bias.expand(batch, -1)
-        self.check_global_cond(global_cond)
-        return F.linear(F.mish(global_cond), self.film.weight[:, self.time_embed_dim:], self.film.bias)
+        return F.linear(self.cond_features(global_cond), self.film.weight[:, self.time_embed_dim:], self.film.bias)
 
     def time_film(self, t: torch.Tensor) -> torch.Tensor:
         """Time part of all FiLM parameters: ``(B,)`` -> ``(B, F)``."""
-        return F.linear(F.mish(self.time_embed(t)), self.film.weight[:, : self.time_embed_dim])
+        return F.linear(self.time_features(t), self.film.weight[:, : self.time_embed_dim])
 
     # -- forward --------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor | None = None,
                 local_cond: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, T, D)``, ``t`` ``(B,)`` -> ``(B, T, D)``."""
         # One product with the whole FiLM weight: the split parts' backward would zero-fill two weight-sized buffers.
-        emb = F.mish(self.time_embed(t))
+        emb = self.time_features(t)
         if self.global_cond_dim:
-            self.check_global_cond(global_cond)
-            cond = F.mish(global_cond)
+            cond = self.cond_features(global_cond)
             batch = max(len(emb), len(cond))  # either may be one row, broadcast as the split form did
             emb = torch.cat([emb.expand(batch, -1), cond.expand(batch, -1)], dim=1)
         return self.forward_film(x, F.linear(emb, self.film.weight, self.film.bias), local_cond)
