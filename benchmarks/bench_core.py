@@ -21,11 +21,13 @@ small-width forward on 2 threads (7.9 vs 3.5 ms) and cost the reference less. Re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from tqdm import tqdm
 import diffpolicy
 from diffpolicy.core.objectives import DDPM
 from diffpolicy.core.samplers import ddim
+from diffpolicy.nets import unet1d
 from diffpolicy.nets.unet1d import ConditionalUnet1D, ConditionedUnet, FiLMResBlock
 
 WIDTHS = {"small": (64, 128, 256), "large": (256, 512, 1024)}
@@ -310,8 +313,24 @@ def training_cases(ref_cls, widths, variants, batch):
         net = make_ours(widths, channels_last=False if "plain-layout" in v else None)
         net.load_state_dict(init)
         opt = torch.optim.AdamW(net.parameters(), fused="fused" in v, **adamw)
-        cases[f"ours {v}"] = (lambda m=net, o=opt, bf=("bf16" in v): our_train_step(m, o, obj, x0, cond, bf))
+        step = (lambda m=net, o=opt, bf=("bf16" in v): our_train_step(m, o, obj, x0, cond, bf))
+        cases[f"ours {v}"] = ablated(step, v)
     return cases
+
+
+def ablated(step, variant: str):
+    """``step`` with training kernels switched off as the variant's words ask, for an A/B in one process:
+    ``no-taps`` (oneDNN's weight gradients instead of ``TapWeightGradConv1d``)."""
+    switches = []
+    if "no-taps" in variant:
+        switches.append(mock.patch.object(unet1d, "tap_weight_grad_pays", lambda *shape: False))
+
+    def run():
+        with contextlib.ExitStack() as stack:
+            for switch in switches:
+                stack.enter_context(switch)
+            step()
+    return run
 
 
 @torch.no_grad()
@@ -378,7 +397,7 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw"],
                    help="our training variants, each a label with optional words fused-adamw, bf16, plain-layout "
-                        "(the (B, C, T) trunk instead of the default layout)")
+                        "(the (B, C, T) trunk instead of the default layout), no-taps (oneDNN's weight gradients)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true",
                    help="also time chunks through the controller's torch.compile'd U-Net trunk (compiles first)")

@@ -127,13 +127,15 @@ def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channe
     from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS, tap_weight_grad_pays
 
     torch.manual_seed(0)
-    conv = Conv1d(128, 20, 5, padding=2)
-    x = torch.randn(GEMM_CONV_MAX_ROWS, 128, 4)  # 4 x 128 positions: beyond the batch-1 path, length 4
+    conv = Conv1d(256, 20, 5, padding=2)
+    x = torch.randn(GEMM_CONV_MAX_ROWS, 256, 4)  # 4 x 128 positions: beyond the batch-1 path, length 4
     if channels_last:
         x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    assert tap_weight_grad_pays(128, 5, 4) and not tap_weight_grad_pays(64, 5, 4)
-    assert not tap_weight_grad_pays(128, 5, 16) and tap_weight_grad_pays(1024, 5, 16)
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert tap_weight_grad_pays(256, 5, 4, f32) and not tap_weight_grad_pays(128, 5, 4, f32)
+    assert tap_weight_grad_pays(128, 5, 4, bf16) and not tap_weight_grad_pays(64, 5, 8, bf16)
+    assert not tap_weight_grad_pays(256, 5, 16, f32) and tap_weight_grad_pays(1024, 5, 16, f32)
     out = conv(x)
     assert type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
     w4 = conv.weight.unsqueeze(2) if channels_last else conv.weight
@@ -151,8 +153,10 @@ def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channe
         torch.testing.assert_close(a, r, rtol=0.02, atol=0.02 * r.abs().max().item())
     with torch.no_grad():  # inference keeps torch's own path
         assert conv(x).grad_fn is None
-    narrow = Conv1d(64, 20, 5, padding=2)
-    assert type(narrow(x[:, :64]).grad_fn).__name__ != "TapWeightGradConv1dBackward"
+    narrow = Conv1d(128, 20, 5, padding=2)  # taps in bf16 only
+    assert type(narrow(x[:, :128]).grad_fn).__name__ != "TapWeightGradConv1dBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(narrow(x[:, :128]).grad_fn).__name__ == "TapWeightGradConv1dBackward"
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64])
@@ -171,8 +175,8 @@ def test_channels_last_trunk_equals_the_plain_one():
     from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS
 
     torch.manual_seed(0)
-    # 128 channels at length 4: the channels-last trunk takes the tap weight gradient there
-    kwargs = dict(action_dim=2, global_cond_dim=6, local_cond_dim=3, down_dims=(16, 32, 128), n_groups=4)
+    # 256 channels at length 4: the channels-last trunk takes the tap weight gradient there
+    kwargs = dict(action_dim=2, global_cond_dim=6, local_cond_dim=3, down_dims=(16, 32, 256), n_groups=4)
     nets = [ConditionalUnet1D(**kwargs, channels_last=flag) for flag in (True, False)]
     nets[1].load_state_dict(nets[0].state_dict())
     x, t = torch.randn(20, 16, 2), torch.rand(20) * 100

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import TimeEmbedding
-from .mish import Mish
 
 
 # Inputs of at most this many positions (batch x horizon) take the matrix-product convolution below: at batch 1 it is
@@ -28,15 +27,17 @@ GEMM_CONV_MAX_ROWS = 128
 CHANNELS_LAST_MAX_WIDTH = 256
 
 
-def tap_weight_grad_pays(c_in: int, kernel: int, length: int) -> bool:
-    """Whether :class:`TapWeightGradConv1d` beats oneDNN's weight gradient for a ``(B, c_in, length)`` input.
+def tap_weight_grad_pays(c_in: int, kernel: int, length: int, dtype: torch.dtype) -> bool:
+    """Whether :class:`TapWeightGradConv1d` beats oneDNN's weight gradient for a ``(B, c_in, length)`` input computed
+    in ``dtype``.
 
-    Measured on a 2-core AMD EPYC (benchmarks/results/core.md, session 9). ``(B, C, T)`` float32, batch 256: the tap
-    products take 0.1-0.75x oneDNN's time at every length when ``c_in * kernel >= 5120``, 0.2-0.8x at lengths up to
-    4 from 128 channels, and 1.2-2.7x at length 16 below 1024. Channels-last ``(B, C, 1, T)``, batch 128-256: 0.2-0.6x
-    at lengths 2-4 from 128 channels (bf16 and float32 alike), but 1.4x for 64 channels at length 4 in float32.
+    ``python benchmarks/bench_kernels.py`` on a 2-core AMD EPYC (benchmarks/results/core.md, session 9), taps /
+    oneDNN time: for ``c_in * kernel >= 2560`` 0.3-1.0x in float32 and 0.2-0.6x in bf16 (lengths 4-8); at 256
+    channels, length 4, 0.3-0.7x; in bf16 0.35-0.8x from 128 channels at lengths 2-4 (64 channels: 0.7-1.1x); in
+    float32 below 256 channels 0.7-1.8x, and at length 16 on 64 channels 1.3-2.3x.
     """
-    return (length <= 4 and c_in * kernel >= 512) or c_in * kernel >= 5120
+    work = c_in * kernel
+    return work >= 2560 or (length <= 4 and work >= (1280 if dtype == torch.float32 else 320))
 
 
 class TapWeightGradConv1d(torch.autograd.Function):
@@ -44,9 +45,9 @@ class TapWeightGradConv1d(torch.autograd.Function):
     weight gradient is a sum of per-tap matrix products over the positions where each tap meets real input,
     skipping the padding (30-40% of a kernel-5 product at lengths 2-4).
 
-    oneDNN's own weight gradient for short, wide sequences takes 2-15x its forward pass (e.g. batch 256, length 4:
-    1024 to 2048 input channels in float32, 256 channels channels-last in bf16); the input gradient stays with
-    oneDNN, which is as fast at it as at the forward pass.
+    oneDNN's own weight gradient for short, wide sequences takes 3-6x its forward pass (batch 256, length 4: 1024 to
+    2048 input channels, 256 channels channels-last in bf16; ``benchmarks/bench_kernels.py``); the input gradient
+    stays with oneDNN, which is as fast at it as at the forward pass.
     """
 
     @staticmethod
@@ -104,9 +105,11 @@ class Conv1d(nn.Conv1d):
         simple = (not isinstance(self.padding, str) and self.dilation == (1,) and self.groups == 1
                   and self.padding_mode == "zeros")
         small = x.ndim == 3 and B * T <= GEMM_CONV_MAX_ROWS
-        if (simple and not small and s == 1 and x.device.type == "cpu" and self.weight.requires_grad
-                and torch.is_grad_enabled() and tap_weight_grad_pays(C, k, T)):
-            return TapWeightGradConv1d.apply(x, self.weight, self.bias, self.padding[0])
+        if simple and not small and s == 1 and x.device.type == "cpu" and self.weight.requires_grad \
+                and torch.is_grad_enabled():
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+            if tap_weight_grad_pays(C, k, T, dtype):
+                return TapWeightGradConv1d.apply(x, self.weight, self.bias, self.padding[0])
         if x.ndim == 4:
             return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
                             (1, self.dilation[0]), self.groups)
@@ -149,7 +152,7 @@ class ConvBlock(nn.Sequential):
         if c_out % groups:
             raise ValueError(f"GroupNorm: {c_out} channels are not divisible into {groups} groups")
         super().__init__(Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(groups, c_out),
-                         Mish())
+                         nn.Mish())
 
 
 class FiLMResBlock(nn.Module):
