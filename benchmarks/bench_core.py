@@ -13,9 +13,9 @@ its directory with ``--reference DIR`` or ``DIFFPOLICY_DP_REFERENCE=DIR``; witho
     python benchmarks/bench_core.py --reference /tmp/dpref --compile
 
 On a quiet machine keep OpenMP's default wait policy: ``OMP_WAIT_POLICY=PASSIVE`` (for a machine shared with other
-jobs, where spinning threads fight them) wakes a sleeping thread at every parallel op, which at batch 1 doubled our
-small-width forward on 2 threads (7.9 vs 3.5 ms) and cost the reference less. Results and their exact commands:
-``benchmarks/results/core.md``.
+jobs, where spinning threads fight them) wakes a sleeping thread at every parallel op, which at batch 1 doubled the
+small-width forward on 2 threads on both sides (ours 8.7 vs 4.0 ms, the reference 12.0 vs 6.1 ms; runs J and L).
+Results and their exact commands: ``benchmarks/results/core.md``.
 """
 
 from __future__ import annotations
