@@ -36,7 +36,7 @@ from tqdm import tqdm
 import diffpolicy
 from diffpolicy.core.objectives import DDPM
 from diffpolicy.core.samplers import ddim
-from diffpolicy.nets import unet1d
+from diffpolicy.nets import conv1d
 from diffpolicy.nets.unet1d import ConditionalUnet1D, ConditionedUnet, FiLMResBlock
 
 WIDTHS = {"small": (64, 128, 256), "large": (256, 512, 1024)}
@@ -147,7 +147,8 @@ def our_chunk(net, obj: DDPM, schedule, cond: torch.Tensor, generator=None) -> t
 # -- equivalence -----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
-    """Max abs differences with the same weights in both networks: forward at 4 timesteps, and DDIM-10 chunks.
+    """Max abs differences with the same weights in both networks: forward at 4 timesteps and on a batch of 256,
+    and DDIM-10 chunks.
 
     Chunks compare three ways: the set-up as given (x0 clipped to [-1, 1], the raw network noise kept:
     diffusers' DDIM default, matched by our ``clip_keeps_noise=True``); diffusers with
@@ -161,6 +162,11 @@ def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
     x, cond = torch.randn(4, HORIZON, ACTION_DIM), torch.randn(4, COND_DIM)
     t = torch.tensor([0, 17, 63, 99])
     out = {"forward": (ref(x, t, global_cond=cond) - ours(x, t.float(), cond)).abs().max().item()}
+    # a training batch: large inputs take other convolution paths (Winograd in float32)
+    xb, cb, tb = torch.randn(256, HORIZON, ACTION_DIM), torch.randn(256, COND_DIM), torch.randint(0, 100, (256,))
+    ref_b = ref(xb, tb, global_cond=cb)
+    out["forward, batch 256"] = (ref_b - ours(xb, tb.float(), cb)).abs().max().item()
+    out["forward, batch 256 scale"] = ref_b.abs().max().item()
     for name, clip, kwargs in [("chunk", True, {}), ("chunk, clipped eps", True, {"use_clipped_model_output": True}),
                                ("chunk, no clip", False, {})]:
         obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0 if clip else None, clip_keeps_noise=not kwargs)
@@ -320,10 +326,13 @@ def training_cases(ref_cls, widths, variants, batch):
 
 def ablated(step, variant: str):
     """``step`` with training kernels switched off as the variant's words ask, for an A/B in one process:
-    ``no-taps`` (oneDNN's weight gradients instead of ``TapWeightGradConv1d``)."""
+    ``no-taps`` (oneDNN's weight gradients instead of ``TapWeightGradConv1d``), ``no-winograd`` (no
+    ``WinogradConv1d``)."""
     switches = []
     if "no-taps" in variant:
-        switches.append(mock.patch.object(unet1d, "tap_weight_grad_pays", lambda *shape: False))
+        switches.append(mock.patch.object(conv1d, "tap_weight_grad_pays", lambda *shape: False))
+    if "no-winograd" in variant:
+        switches.append(mock.patch.object(conv1d, "winograd_pays", lambda *shape: False))
 
     def run():
         with contextlib.ExitStack() as stack:
@@ -397,7 +406,8 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw"],
                    help="our training variants, each a label with optional words fused-adamw, bf16, plain-layout "
-                        "(the (B, C, T) trunk instead of the default layout), no-taps (oneDNN's weight gradients)")
+                        "(the (B, C, T) trunk instead of the default layout), no-taps (oneDNN's weight gradients), "
+                        "no-winograd (no Winograd convolutions)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true",
                    help="also time chunks through the controller's torch.compile'd U-Net trunk (compiles first)")

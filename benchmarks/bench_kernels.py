@@ -1,7 +1,11 @@
-"""Convolution weight gradients on CPU, shape by shape: oneDNN's (``convolution_backward`` asked for the weight
-only) against :class:`~diffpolicy.nets.unet1d.TapWeightGradConv1d`'s per-tap products, in the ``(B, C, T)`` layout
-and the trunk's channels-last ``(B, C, 1, T)``, float32 and bf16; with the forward pass for scale and whether
-``tap_weight_grad_pays`` picks the taps.
+"""The U-Net's convolutions on CPU, shape by shape, in the ``(B, C, T)`` layout and the trunk's channels-last
+``(B, C, 1, T)``:
+
+1. weight gradients, float32 and bf16: oneDNN's (``convolution_backward`` asked for the weight only) against
+   :class:`~diffpolicy.nets.conv1d.TapWeightGradConv1d`'s per-tap products, with the forward pass for scale and
+   whether ``tap_weight_grad_pays`` picks the taps;
+2. forward and forward + backward in float32: torch's convolution (oneDNN) against
+   :class:`~diffpolicy.nets.conv1d.WinogradConv1d`, and whether ``winograd_pays`` picks Winograd.
 
     python benchmarks/bench_kernels.py
 
@@ -16,13 +20,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from diffpolicy.nets.unet1d import TapWeightGradConv1d, tap_weight_grad_pays
+from diffpolicy.nets.conv1d import TapWeightGradConv1d, WinogradConv1d, tap_weight_grad_pays, winograd_pays
 
 # (batch, C_in, C_out, length, kernel): the U-Nets' convolutions at horizon 16 (widths up to 1024) and 8
 CONV_SHAPES = [(128, 64, 64, 2, 5), (128, 128, 128, 2, 5), (256, 128, 128, 4, 5), (256, 256, 256, 4, 5),
                (256, 64, 64, 4, 5), (256, 128, 128, 8, 5), (256, 64, 64, 16, 5), (256, 512, 512, 8, 5),
-               (256, 1024, 1024, 4, 5), (256, 2048, 512, 4, 5), (256, 1024, 256, 8, 5), (256, 2048, 512, 4, 1)]
-MISH_SHAPES = [(256, 256, 1, 4), (256, 64, 1, 16), (256, 1024, 4)]
+               (256, 1024, 1024, 4, 5), (256, 2048, 512, 4, 5), (256, 1024, 256, 8, 5), (256, 2048, 512, 4, 1),
+               (256, 256, 256, 16, 5), (256, 512, 128, 4, 5)]
 
 
 def median_ms(fn, reps: int = 30) -> float:
@@ -57,6 +61,28 @@ def conv_row(shape, channels_last: bool, dtype) -> str:
             f"{'yes' if tap_weight_grad_pays(c_in, k, T, dtype) else 'no'} |")
 
 
+def winograd_row(shape, channels_last: bool) -> str:
+    B, c_in, c_out, T, k = shape
+    x = torch.randn(B, c_in, T)
+    if channels_last:
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w, b = (torch.randn(c_out, c_in, k) * 0.02).requires_grad_(), torch.zeros(c_out, requires_grad=True)
+    if channels_last:
+        conv = lambda: F.conv2d(x, w.unsqueeze(2), b, padding=(0, k // 2))  # noqa: E731
+    else:
+        conv = lambda: F.conv1d(x, w, b, padding=k // 2)  # noqa: E731
+    wino = lambda: WinogradConv1d.apply(x, w, b)  # noqa: E731
+    g = torch.randn_like(conv())
+    with torch.no_grad():
+        fwd = [median_ms(f) for f in (conv, wino)]
+    both = [median_ms(lambda f=f: torch.autograd.grad(f(), (x, w, b), g)) for f in (conv, wino)]
+    layout = "(B, C, 1, T)" if channels_last else "(B, C, T)"
+    return (f"| {layout} | {B} | {c_in} | {c_out} | {T} | {k} | {fwd[0]:.2f} | {fwd[1]:.2f} | {both[0]:.2f} | "
+            f"{both[1]:.2f} | {both[1] / both[0]:.2f} | "
+            f"{'yes' if winograd_pays(c_in, c_out, k, T, torch.float32) else 'no'} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -73,6 +99,15 @@ def main(argv=None):
                 if channels_last and shape[1] > 512:
                     continue  # the channels-last trunk is for nets up to 256 channels
                 print(conv_row(shape, channels_last, dtype), flush=True)
+    print("\nfloat32, forward and forward + all gradients (input, weight, bias)\n")
+    print("| layout | B | C_in | C_out | T | K | oneDNN forward ms | Winograd forward ms | oneDNN fwd+bwd ms "
+          "| Winograd fwd+bwd ms | Winograd / oneDNN (fwd+bwd) | winograd_pays |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for channels_last in (False, True):
+        for shape in CONV_SHAPES:
+            if shape[4] == 1 or (channels_last and shape[1] > 512):
+                continue
+            print(winograd_row(shape, channels_last), flush=True)
 
 
 if __name__ == "__main__":

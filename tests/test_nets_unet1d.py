@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffpolicy.nets.unet1d import Conv1d, ConditionalUnet1D, ConvTranspose1d
+from diffpolicy.nets.unet1d import ConditionalUnet1D
 
 
 def test_shapes_and_time_sensitivity():
@@ -74,108 +74,12 @@ def test_precomputed_time_table_matches_per_step_and_rejects_other_times():
         net.conditioned(g, times=times[None])
 
 
-def assert_same_values_and_grads(out, ref, inputs):
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (5, 1), (3, 2)])
-@pytest.mark.parametrize("batch", [1, 3, 64])  # 64 x 16 rows takes torch's own convolution path
-def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
-    torch.manual_seed(0)
-    conv = Conv1d(12, 20, kernel, stride, padding=kernel // 2)
-    x = torch.randn(batch, 12, 16, requires_grad=True)
-    ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding=kernel // 2)
-    assert_same_values_and_grads(conv(x), ref, (x, conv.weight, conv.bias))
-
-
-@pytest.mark.parametrize("length", [1, 2, 4, 7])  # 1, 2: some taps never meet the input
-@pytest.mark.parametrize("kernel", [1, 3, 5])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("channels_last", [False, True])  # (B, C, T) or the trunk's (B, C, 1, T)
-def test_tap_weight_grad_conv_matches_torch_gradients(length, kernel, bias, channels_last):
-    from diffpolicy.nets.unet1d import TapWeightGradConv1d
-
-    torch.manual_seed(0)
-    x = torch.randn(3, 4, length, dtype=torch.float64)
-    if channels_last:
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    w = torch.randn(5, 4, kernel, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
-    inputs = (x, w, b) if bias else (x, w)
-    assert torch.autograd.gradcheck(lambda *a: TapWeightGradConv1d.apply(a[0], a[1], a[2] if bias else None,
-                                                                         kernel // 2), inputs)
-    # the weight gradient alone (an input without grad, as in the U-Net's first layer), against torch's conv
-    xd = x.detach()
-    out = TapWeightGradConv1d.apply(xd, w, b, kernel // 2)
-    if channels_last:
-        ref = torch.nn.functional.conv2d(xd, w.unsqueeze(2), b, padding=(0, kernel // 2))
-    else:
-        ref = torch.nn.functional.conv1d(xd, w, b, padding=kernel // 2)
-    torch.testing.assert_close(out, ref)
-    g = torch.randn_like(out)
-    params = (w, b) if bias else (w,)
-    for a, r in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
-        torch.testing.assert_close(a, r)
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channels_last):
-    from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS, tap_weight_grad_pays
-
-    torch.manual_seed(0)
-    conv = Conv1d(256, 20, 5, padding=2)
-    x = torch.randn(GEMM_CONV_MAX_ROWS, 256, 4)  # 4 x 128 positions: beyond the batch-1 path, length 4
-    if channels_last:
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    f32, bf16 = torch.float32, torch.bfloat16
-    assert tap_weight_grad_pays(256, 5, 4, f32) and not tap_weight_grad_pays(128, 5, 4, f32)
-    assert tap_weight_grad_pays(128, 5, 4, bf16) and not tap_weight_grad_pays(64, 5, 8, bf16)
-    assert not tap_weight_grad_pays(256, 5, 16, f32) and tap_weight_grad_pays(1024, 5, 16, f32)
-    out = conv(x)
-    assert type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
-    w4 = conv.weight.unsqueeze(2) if channels_last else conv.weight
-    conv_ref = torch.nn.functional.conv2d if channels_last else torch.nn.functional.conv1d
-    padding = (0, 2) if channels_last else 2
-    ref = conv_ref(x, w4, conv.bias, padding=padding)
-    assert_same_values_and_grads(out, ref, (x, conv.weight, conv.bias))
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training: same gradients as torch's conv in bf16
-        out, ref = conv(x), conv_ref(x, w4, conv.bias, padding=padding)
-    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "TapWeightGradConv1dBackward"
-    g = torch.randn(out.shape)
-    for a, r in zip(torch.autograd.grad(out, (x, conv.weight, conv.bias), g),
-                    torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)):
-        assert a.dtype == r.dtype == torch.float32
-        torch.testing.assert_close(a, r, rtol=0.02, atol=0.02 * r.abs().max().item())
-    with torch.no_grad():  # inference keeps torch's own path
-        assert conv(x).grad_fn is None
-    narrow = Conv1d(128, 20, 5, padding=2)  # taps in bf16 only
-    assert type(narrow(x[:, :128]).grad_fn).__name__ != "TapWeightGradConv1dBackward"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert type(narrow(x[:, :128]).grad_fn).__name__ == "TapWeightGradConv1dBackward"
-
-
-@pytest.mark.parametrize("batch", [1, 3, 64])
-def test_matrix_product_transposed_conv_equals_torch(batch):
-    torch.manual_seed(0)
-    up = ConvTranspose1d(12, 20, 4, 2, 1)  # the U-Net's upsampling: length T -> 2 T
-    x = torch.randn(batch, 12, 8, requires_grad=True)
-    ref = torch.nn.functional.conv_transpose1d(x, up.weight, up.bias, 2, 1)
-    out = up(x)
-    assert out.shape == (batch, 20, 16)
-    assert_same_values_and_grads(out, ref, (x, up.weight, up.bias))
-
-
 def test_channels_last_trunk_equals_the_plain_one():
     # 20 x 16 positions exceed GEMM_CONV_MAX_ROWS: with channels_last the trunk runs on (B, C, 1, T) tensors.
-    from diffpolicy.nets.unet1d import GEMM_CONV_MAX_ROWS
+    from diffpolicy.nets.conv1d import GEMM_CONV_MAX_ROWS
 
     torch.manual_seed(0)
-    # 256 channels at length 4: the channels-last trunk takes the tap weight gradient there
+    # 256 channels at length 4: the channels-last trunk takes the Winograd convolution there
     kwargs = dict(action_dim=2, global_cond_dim=6, local_cond_dim=3, down_dims=(16, 32, 256), n_groups=4)
     nets = [ConditionalUnet1D(**kwargs, channels_last=flag) for flag in (True, False)]
     nets[1].load_state_dict(nets[0].state_dict())
@@ -194,3 +98,29 @@ def test_channels_last_trunk_equals_the_plain_one():
     # the default: channels_last up to CHANNELS_LAST_MAX_WIDTH channels (where it was measured faster)
     assert ConditionalUnet1D(2, down_dims=(64, 128, 256)).channels_last
     assert not ConditionalUnet1D(2, down_dims=(256, 512, 1024)).channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_winograd_trunk_equals_torch_convolutions(channels_last):
+    # A training batch at widths from 128 takes WinogradConv1d; values and gradients as with torch's convolutions.
+    from unittest import mock
+
+    from diffpolicy.nets import conv1d
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, global_cond_dim=6, down_dims=(128, 256), n_groups=8, channels_last=channels_last)
+    x, t, g = torch.randn(24, 8, 2), torch.rand(24) * 100, torch.randn(24, 6)
+    apply, results = conv1d.WinogradConv1d.apply, []
+    for pays in (conv1d.winograd_pays, lambda *shape: False):
+        calls = []
+        with mock.patch.object(conv1d, "winograd_pays", pays), \
+                mock.patch.object(conv1d.WinogradConv1d, "apply", lambda *a: calls.append(1) or apply(*a)):
+            out = net(x, t, g)
+            grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                        list(net.parameters()))
+        results.append((out, grads, len(calls)))
+    assert results[0][2] > 0 and results[1][2] == 0
+    (a, ga, _), (b, gb, _) = results
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item() + 1e-6)

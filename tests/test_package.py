@@ -41,3 +41,42 @@ def test_import_keeps_a_user_set_mkl_cbwr():
     assert value == "COMPATIBLE"
     if mode != "n/a":
         assert mode == "3"  # MKL_CBWR_COMPATIBLE
+
+
+# mallinfo2 after a fresh 16 MiB block is taken and freed: mmapped bytes while held, heap bytes after the free
+ALLOC_PROBE = """
+import ctypes
+import diffpolicy
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = MallInfo2, ctypes.c_void_p, [ctypes.c_void_p]
+p = libc.malloc(16 << 20)
+held = libc.mallinfo2().hblkhd
+libc.free(p)
+print(diffpolicy.ALLOCATOR_TUNED, held >> 20, libc.mallinfo2().arena >> 20)
+"""
+
+
+def alloc_probe(**env):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", ALLOC_PROBE], env={**base, **env}, capture_output=True, text=True)
+    if out.returncode:
+        pytest.skip(f"no glibc mallinfo2 here: {out.stderr.strip().splitlines()[-1]}")
+    tuned, mmapped_mib, heap_mib = out.stdout.split()
+    return tuned == "True", int(mmapped_mib), int(heap_mib)
+
+
+def test_import_makes_glibc_keep_freed_training_buffers():
+    # glibc's default maps a fresh 16 MiB block separately and unmaps it on free (page faults at every reuse)
+    tuned, mmapped_mib, heap_mib = alloc_probe()
+    assert tuned and mmapped_mib == 0 and heap_mib >= 16, (tuned, mmapped_mib, heap_mib)
+
+
+def test_import_keeps_a_user_configured_allocator():
+    tuned, mmapped_mib, _ = alloc_probe(MALLOC_TOP_PAD_="0")
+    assert not tuned and mmapped_mib == 16

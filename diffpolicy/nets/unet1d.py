@@ -14,135 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv1d import GEMM_CONV_MAX_ROWS, Conv1d, ConvTranspose1d
 from .embeddings import TimeEmbedding
 
 
-# Inputs of at most this many positions (batch x horizon) take the matrix-product convolution below: at batch 1 it is
-# 1.6-2.1x faster than torch's conv1d, which picks its unblocked im2col path for one-sample inputs (2-core AMD EPYC,
-# benchmarks/results/core.md). Larger inputs (training batches) take torch's oneDNN path.
-GEMM_CONV_MAX_ROWS = 128
 # On CPU, large inputs of U-Nets no wider than this run the trunk on (B, C, 1, T) tensors in channels_last memory
 # format, where oneDNN's convolutions and GroupNorm skip layout reorders. Float32 training step on the same EPYC, one
 # thread: 1.16x faster at (64,128,256), 1.32x at (32,64,128); but 0.94x at (256,512,1024); bf16 autocast: no change.
 CHANNELS_LAST_MAX_WIDTH = 256
-
-
-def tap_weight_grad_pays(c_in: int, kernel: int, length: int, dtype: torch.dtype) -> bool:
-    """Whether :class:`TapWeightGradConv1d` beats oneDNN's weight gradient for a ``(B, c_in, length)`` input computed
-    in ``dtype``.
-
-    ``python benchmarks/bench_kernels.py`` on a 2-core AMD EPYC (benchmarks/results/core.md, session 9), taps /
-    oneDNN time: for ``c_in * kernel >= 2560`` 0.3-1.0x in float32 and 0.2-0.6x in bf16 (lengths 4-8); at 256
-    channels, length 4, 0.3-0.7x; in bf16 0.35-0.8x from 128 channels at lengths 2-4 (64 channels: 0.7-1.1x); in
-    float32 below 256 channels 0.7-1.8x, and at length 16 on 64 channels 1.3-2.3x.
-    """
-    work = c_in * kernel
-    return work >= 2560 or (length <= 4 and work >= (1280 if dtype == torch.float32 else 320))
-
-
-class TapWeightGradConv1d(torch.autograd.Function):
-    """Stride-1 zero-padded convolution, on ``(B, C, T)`` or the trunk's channels-last ``(B, C, 1, T)``, whose
-    weight gradient is a sum of per-tap matrix products over the positions where each tap meets real input,
-    skipping the padding (30-40% of a kernel-5 product at lengths 2-4).
-
-    oneDNN's own weight gradient for short, wide sequences takes 3-6x its forward pass (batch 256, length 4: 1024 to
-    2048 input channels, 256 channels channels-last in bf16; ``benchmarks/bench_kernels.py``); the input gradient
-    stays with oneDNN, which is as fast at it as at the forward pass.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
-        """``x`` ``(B, C_in, T)`` or ``(B, C_in, 1, T)``, ``weight`` ``(C_out, C_in, K)`` -> ``x``'s layout with
-        ``C_out`` channels and length ``T + 2 padding - K + 1``."""
-        if torch.is_autocast_enabled(x.device.type):  # keep what the convolution computes in, for the backward
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight, bias = (v.to(dtype) if v is not None else None for v in (x, weight, bias))
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        if x.ndim == 4:
-            return F.conv2d(x, weight.unsqueeze(2), bias, 1, (0, padding))
-        return F.conv1d(x, weight, bias, padding=padding)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        pad, (c_out, c_in, k), t_in, nd = ctx.padding, weight.shape, x.shape[-1], x.ndim - 2
-        want_x, want_w, want_b = ctx.needs_input_grad[:3]
-        grad_x = grad_w = None
-        # The bias gradient is a plain sum (accumulated in at least float32 under bf16 autocast): asked of oneDNN
-        # without the weight gradient, it makes the call 4x slower.
-        sum_dtype = torch.promote_types(grad.dtype, torch.float32)
-        grad_b = grad.sum((0, *range(2, x.ndim)), dtype=sum_dtype) if want_b and ctx.has_bias else None
-        if want_x:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight.view(c_out, c_in, *(1,) * (nd - 1), k), None, [1] * nd, [0] * (nd - 1) + [pad],
-                [1] * nd, False, [0] * nd, 1, [True, False, False])[0]
-        if want_w:
-            # (T, B, C) copies make each tap's run of positions one contiguous (positions x batch, C) matrix
-            xt, gt = (v.flatten(2).permute(2, 0, 1).contiguous() for v in (x, grad))
-            t_out = gt.shape[0]
-            grad_w, tap = grad.new_empty(c_out, c_in, k), grad.new_empty(c_out, c_in)
-            for j in range(k):
-                lo, hi = max(0, pad - j), min(t_out, t_in + pad - j)  # outputs whose tap j lands inside x
-                if hi > lo:
-                    torch.mm(gt[lo:hi].reshape(-1, c_out).t(), xt[lo + j - pad:hi + j - pad].reshape(-1, c_in),
-                             out=tap)
-                # a strided copy per tap: 3x faster than permuting a (K, C_out, C_in) stack at the end
-                grad_w[:, :, j] = tap if hi > lo else 0
-        return grad_x, grad_w, grad_b, None
-
-
-class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` (zero padding) that, for small inputs, runs as one product of unfolded windows
-    ``(B T_out, C_in K) @ (C_in K, C_out)``, for large CPU inputs that need a weight gradient takes
-    :class:`TapWeightGradConv1d` where it pays, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout.
-    Same parameters and state-dict keys as ``nn.Conv1d``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (k,), (s,) = self.kernel_size, self.stride
-        B, C, T = x.shape[0], x.shape[1], x.shape[-1]
-        simple = (not isinstance(self.padding, str) and self.dilation == (1,) and self.groups == 1
-                  and self.padding_mode == "zeros")
-        small = x.ndim == 3 and B * T <= GEMM_CONV_MAX_ROWS
-        if simple and not small and s == 1 and x.device.type == "cpu" and self.weight.requires_grad \
-                and torch.is_grad_enabled():
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-            if tap_weight_grad_pays(C, k, T, dtype):
-                return TapWeightGradConv1d.apply(x, self.weight, self.bias, self.padding[0])
-        if x.ndim == 4:
-            return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]), (0, self.padding[0]),
-                            (1, self.dilation[0]), self.groups)
-        if not (simple and small):
-            return super().forward(x)
-        pad = self.padding[0]
-        # (B, C, T + 2 pad) -> (B, C, T_out, k) windows -> (B, T_out, C, k) rows, matching weight's (C_out, C, k)
-        windows = F.pad(x, (pad, pad)).unfold(2, k, s) if (k, s, pad) != (1, 1, 0) else x.unsqueeze(-1)
-        t_out = windows.shape[2]
-        cols = windows.transpose(1, 2).reshape(B * t_out, C * k)
-        w = self.weight.view(self.out_channels, C * k).t()
-        out = torch.addmm(self.bias, cols, w) if self.bias is not None else cols @ w
-        return out.view(B, t_out, self.out_channels).transpose(1, 2)
-
-
-class ConvTranspose1d(nn.ConvTranspose1d):
-    """``nn.ConvTranspose1d`` that, for small inputs, runs as one matrix product ``(B T, C_in) @ (C_in, C_out K)``
-    followed by an overlap-add of the K taps (``F.fold``): torch's own batch-1 path (``slow_conv_transpose2d``)
-    took 10% of a (256,512,1024) forward. Also takes the trunk's ``(B, C, 1, T)`` channels-last layout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (k,), (s,), (pad,), (op,) = self.kernel_size, self.stride, self.padding, self.output_padding
-        if x.ndim == 4:
-            return F.conv_transpose2d(x, self.weight.unsqueeze(2), self.bias, (1, s), (0, pad), (0, op),
-                                      self.groups, (1, self.dilation[0]))
-        B, C, T = x.shape
-        if B * T > GEMM_CONV_MAX_ROWS or self.dilation != (1,) or self.groups != 1 or op != 0:
-            return super().forward(x)
-        taps = x.transpose(1, 2).reshape(B * T, C) @ self.weight.view(C, -1)  # (B T, C_out k), C_out-major
-        t_out = (T - 1) * s - 2 * pad + k
-        out = F.fold(taps.view(B, T, -1).transpose(1, 2), (1, t_out), (1, k), padding=(0, pad), stride=(1, s))
-        out = out.view(B, self.out_channels, t_out)
-        return out + self.bias[:, None] if self.bias is not None else out
 
 
 class ConvBlock(nn.Sequential):
