@@ -28,8 +28,8 @@ from torch import nn
 GEMM_CONV_MAX_ROWS = 128
 
 # Outputs per Winograd tile, by kernel size: a tile of m outputs reads m + K - 1 inputs ("points"). More points save
-# more products but lose float32 accuracy; 8 points (0, +-1, +-2, +-1/2 and infinity) keep the error within 3x a
-# direct convolution's (tests/test_nets_conv1d.py).
+# more products but lose float32 accuracy; with 8 points (0, +-1, +-2, +-1/2 and infinity) outputs and gradients
+# stay near 1e-6 relative error, 3-6x a direct convolution's (tests/test_nets_conv1d.py bounds it).
 WINOGRAD_TILE = {3: 4, 5: 4, 7: 2}
 WINOGRAD_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
 
@@ -60,8 +60,9 @@ def winograd_pays(c_in: int, c_out: int, kernel: int, length: int, dtype: torch.
     float32 or float64 only, kernels of :data:`WINOGRAD_TILE`, from 128 channels, and where its products
     (``ceil(length / m) (m + K - 1)``) are at most 2/3 of the (output, tap) pairs that meet real input.
 
-    Forward + backward at batch 256 against oneDNN (``python benchmarks/bench_kernels.py``, 2-core AMD EPYC):
-    0.5-0.7x from 256 channels at lengths 4-16, 0.9x at 128 channels, even at 64 channels.
+    Forward + backward at batch 256 against oneDNN (``python benchmarks/bench_kernels.py``, 2-core AMD EPYC,
+    session 10): 0.44-0.77x from 256 channels at lengths 4-16, both layouts; 0.72-0.95x at 128 channels; 0.9-1.7x at
+    64 channels; 1.0-1.2x at length 2 (4 of its 10 output-tap pairs meet the input).
     """
     if dtype not in (torch.float32, torch.float64) or kernel not in WINOGRAD_TILE or min(c_in, c_out) < 128:
         return False
