@@ -422,7 +422,8 @@ def main(argv=None):
     print(f"# bench_core: diffpolicy from {Path(diffpolicy.__file__).parent}")
     print(f"# bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (f" ({a.our_threads} for our batch-1 cases)" if a.our_threads else "")
-          + f", MKL_CBWR={os.environ.get('MKL_CBWR')}, loadavg at start {load()}")
+          + f", MKL_CBWR={os.environ.get('MKL_CBWR')}, glibc thresholds set: {diffpolicy.ALLOCATOR_TUNED}"
+          + f", loadavg at start {load()}")
     if ref_cls is None:
         print(f"reference rows skipped: {why}")
     for wname in a.widths:

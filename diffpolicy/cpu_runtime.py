@@ -5,9 +5,10 @@
   EPYC, and large products no slower (``benchmarks/results/core.md``, session 8). MKL reads the mode once, at its
   first call, hence at import.
 - glibc's allocator keeps freed memory: a training step allocates and frees the same large buffers every step;
-  by default glibc returns them to the kernel and the next step pays page faults to get them back (whole float32
-  training steps of the (256,512,1024) U-Net 2.3-2.8 s instead of 1.7-1.8 s with the Winograd convolutions when two
-  models alternate; ``benchmarks/results/core.md``, session 10).
+  by default glibc returns them to the kernel and the next step pays page faults to get them back. Float32 training
+  step of the (256,512,1024) U-Net alternating with the reference's (``benchmarks/bench_core.py``): p50 2.33 s with
+  glibc's defaults, 1.66-1.73 s with these settings, the reference 2.72 vs 2.63-2.69 s (``benchmarks/results/core.md``,
+  session 10, run X against runs U-W).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, malloc.h
 MMAP_THRESHOLD = 32 << 20
 # Free memory at the top of the heap kept for reuse instead of being returned (glibc's default: 128 KiB, adapting).
 TRIM_THRESHOLD = 1 << 30
-ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+# Set any of these and glibc keeps its own settings (the last one only opts out, e.g. for an A/B of the above).
+ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "DIFFPOLICY_DEFAULT_ALLOCATOR")
 
 
 def set_mkl_mode() -> None:
@@ -32,7 +34,7 @@ def set_mkl_mode() -> None:
 
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds (above); whether they were set. Skipped outside glibc Linux and when the
-    user configured the allocator (``MALLOC_*_`` variables, ``glibc.malloc`` tunables)."""
+    user configured the allocator (:data:`ALLOCATOR_ENV`, ``glibc.malloc`` tunables)."""
     if not sys.platform.startswith("linux") or any(k in os.environ for k in ALLOCATOR_ENV) \
             or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False

@@ -63,7 +63,7 @@ print(diffpolicy.ALLOCATOR_TUNED, held >> 20, libc.mallinfo2().arena >> 20)
 
 
 def alloc_probe(**env):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and "ALLOCATOR" not in k}
     out = subprocess.run([sys.executable, "-c", ALLOC_PROBE], env={**base, **env}, capture_output=True, text=True)
     if out.returncode:
         pytest.skip(f"no glibc mallinfo2 here: {out.stderr.strip().splitlines()[-1]}")
@@ -77,6 +77,7 @@ def test_import_makes_glibc_keep_freed_training_buffers():
     assert tuned and mmapped_mib == 0 and heap_mib >= 16, (tuned, mmapped_mib, heap_mib)
 
 
-def test_import_keeps_a_user_configured_allocator():
-    tuned, mmapped_mib, _ = alloc_probe(MALLOC_TOP_PAD_="0")
+@pytest.mark.parametrize("env", [{"MALLOC_TOP_PAD_": "0"}, {"DIFFPOLICY_DEFAULT_ALLOCATOR": "1"}])
+def test_import_keeps_a_user_configured_allocator(env):
+    tuned, mmapped_mib, _ = alloc_probe(**env)
     assert not tuned and mmapped_mib == 16

@@ -24,7 +24,7 @@ from torch import nn
 
 # Inputs of at most this many positions (batch x horizon) take the matrix-product convolution below: at batch 1 it is
 # 1.6-2.1x faster than torch's conv1d, which picks its unblocked im2col path for one-sample inputs (2-core AMD EPYC,
-# benchmarks/results/core.md). Larger inputs (training batches) take torch's oneDNN path.
+# benchmarks/results/core.md). Larger inputs (training batches) take Winograd, the tap weight gradient or oneDNN.
 GEMM_CONV_MAX_ROWS = 128
 
 # Outputs per Winograd tile, by kernel size: a tile of m outputs reads m + K - 1 inputs ("points"). More points save
