@@ -27,6 +27,9 @@ CONV_SHAPES = [(128, 64, 64, 2, 5), (128, 128, 128, 2, 5), (256, 128, 128, 4, 5)
                (256, 64, 64, 4, 5), (256, 128, 128, 8, 5), (256, 64, 64, 16, 5), (256, 512, 512, 8, 5),
                (256, 1024, 1024, 4, 5), (256, 2048, 512, 4, 5), (256, 1024, 256, 8, 5), (256, 2048, 512, 4, 1),
                (256, 256, 256, 16, 5), (256, 512, 128, 4, 5)]
+# smaller batches, for the rows (batch x tiles) below which Winograd's per-call kernel transform does not pay
+WINOGRAD_BATCH_SHAPES = [(b, c, c, t, 5) for c, t in ((1024, 4), (512, 8), (256, 4), (256, 16), (128, 8))
+                         for b in (16, 32, 64, 128)]
 
 
 def median_ms(fn, reps: int = 30) -> float:
@@ -80,7 +83,7 @@ def winograd_row(shape, channels_last: bool) -> str:
     layout = "(B, C, 1, T)" if channels_last else "(B, C, T)"
     return (f"| {layout} | {B} | {c_in} | {c_out} | {T} | {k} | {fwd[0]:.2f} | {fwd[1]:.2f} | {both[0]:.2f} | "
             f"{both[1]:.2f} | {both[1] / both[0]:.2f} | "
-            f"{'yes' if winograd_pays(c_in, c_out, k, T, torch.float32) else 'no'} |")
+            f"{'yes' if winograd_pays(c_in, c_out, k, T, torch.float32, B) else 'no'} |")
 
 
 def main(argv=None):
@@ -108,6 +111,8 @@ def main(argv=None):
             if shape[4] == 1 or (channels_last and shape[1] > 512):
                 continue
             print(winograd_row(shape, channels_last), flush=True)
+    for shape in WINOGRAD_BATCH_SHAPES:
+        print(winograd_row(shape, False), flush=True)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_channels_last_trunk_equals_the_plain_one():
     from diffpolicy.nets.conv1d import GEMM_CONV_MAX_ROWS
 
     torch.manual_seed(0)
-    # 256 channels at length 4: the channels-last trunk takes the Winograd convolution there
+    # 256 channels at length 4: the channels-last trunk takes the tap weight gradient there
     kwargs = dict(action_dim=2, global_cond_dim=6, local_cond_dim=3, down_dims=(16, 32, 256), n_groups=4)
     nets = [ConditionalUnet1D(**kwargs, channels_last=flag) for flag in (True, False)]
     nets[1].load_state_dict(nets[0].state_dict())
@@ -109,7 +109,7 @@ def test_winograd_trunk_equals_torch_convolutions(channels_last):
 
     torch.manual_seed(0)
     net = ConditionalUnet1D(2, global_cond_dim=6, down_dims=(128, 256), n_groups=8, channels_last=channels_last)
-    x, t, g = torch.randn(24, 8, 2), torch.rand(24) * 100, torch.randn(24, 6)
+    x, t, g = torch.randn(128, 8, 2), torch.rand(128) * 100, torch.randn(128, 6)
     apply, results = conv1d.WinogradConv1d.apply, []
     for pays in (conv1d.winograd_pays, lambda *shape: False):
         calls = []

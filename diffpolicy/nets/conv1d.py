@@ -29,7 +29,7 @@ GEMM_CONV_MAX_ROWS = 128
 
 # Outputs per Winograd tile, by kernel size: a tile of m outputs reads m + K - 1 inputs ("points"). More points save
 # more products but lose float32 accuracy; with 8 points (0, +-1, +-2, +-1/2 and infinity) outputs and gradients
-# stay near 1e-6 relative error, 3-6x a direct convolution's (tests/test_nets_conv1d.py bounds it).
+# stay near 1e-6 relative error, 3-10x a direct convolution's (tests/test_nets_conv1d.py bounds it).
 WINOGRAD_TILE = {3: 4, 5: 4, 7: 2}
 WINOGRAD_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
 
@@ -55,20 +55,24 @@ def winograd_transforms(kernel: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return tuple(torch.tensor([[float(v) for v in row] for row in a], dtype=torch.float64) for a in (at, g, bt))
 
 
-def winograd_pays(c_in: int, c_out: int, kernel: int, length: int, dtype: torch.dtype) -> bool:
-    """Whether :class:`WinogradConv1d` beats torch's convolution on a ``(B, c_in, length)`` input in ``dtype``:
-    float32 or float64 only, kernels of :data:`WINOGRAD_TILE`, from 128 channels, and where its products
-    (``ceil(length / m) (m + K - 1)``) are at most 2/3 of the (output, tap) pairs that meet real input.
+def winograd_pays(c_in: int, c_out: int, kernel: int, length: int, dtype: torch.dtype, batch: int) -> bool:
+    """Whether :class:`WinogradConv1d` beats torch's convolution on a ``(batch, c_in, length)`` input in ``dtype``:
+    float32 or float64 only, kernels of :data:`WINOGRAD_TILE`, from 128 channels; where its products
+    (``ceil(length / m) (m + K - 1)``) are at most 2/3 of the (output, tap) pairs that meet real input; and with
+    enough tiles (``batch ceil(length / m)`` rows per product: 64 from 256 channels, 256 below) to repay transforming
+    the kernel at every call.
 
-    Forward + backward at batch 256 against oneDNN (``python benchmarks/bench_kernels.py``, 2-core AMD EPYC,
-    session 10): 0.44-0.77x from 256 channels at lengths 4-16, both layouts; 0.72-0.95x at 128 channels; 0.9-1.7x at
-    64 channels; 1.0-1.2x at length 2 (4 of its 10 output-tap pairs meet the input).
+    Forward + backward against oneDNN (``python benchmarks/bench_kernels.py``, 2-core AMD EPYC, session 10;
+    ``benchmarks/results/core.md``): at batch 256, 0.44-0.77x from 256 channels at lengths 4-16, both layouts; 0.7-1.1x
+    at 128 channels (near even inside a whole step); 0.9-1.7x at 64 channels; 1.0-1.6x at length 2 (4 of its 10
+    output-tap pairs meet the input). By rows from 256 channels: 0.6-0.9x at 64, 0.7-1.4x at 16-32.
     """
     if dtype not in (torch.float32, torch.float64) or kernel not in WINOGRAD_TILE or min(c_in, c_out) < 128:
         return False
     m, pad = WINOGRAD_TILE[kernel], kernel // 2
+    tiles = -(-length // m)
     direct = sum(max(0, min(length, length + pad - j) - max(0, pad - j)) for j in range(kernel))
-    return 3 * -(-length // m) * (m + kernel - 1) <= 2 * direct
+    return 3 * tiles * (m + kernel - 1) <= 2 * direct and batch * tiles >= (64 if min(c_in, c_out) >= 256 else 256)
 
 
 def time_major(x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +239,7 @@ class Conv1d(nn.Conv1d):
         small = x.ndim == 3 and B * T <= GEMM_CONV_MAX_ROWS
         if simple and not small and s == 1 and x.device.type == "cpu":
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-            if self.padding[0] == k // 2 and winograd_pays(C, self.out_channels, k, T, dtype):
+            if self.padding[0] == k // 2 and winograd_pays(C, self.out_channels, k, T, dtype, B):
                 return WinogradConv1d.apply(x, self.weight, self.bias)
             if self.weight.requires_grad and torch.is_grad_enabled() and tap_weight_grad_pays(C, k, T, dtype):
                 return TapWeightGradConv1d.apply(x, self.weight, self.bias, self.padding[0])
