@@ -212,7 +212,7 @@ class TapWeightGradConv1d(torch.autograd.Function):
                 [1] * nd, False, [0] * nd, 1, [True, False, False])[0]
         if want_w:
             # (T, B, C) copies make each tap's run of positions one contiguous (positions x batch, C) matrix
-            xt, gt = (v.flatten(2).permute(2, 0, 1).contiguous() for v in (x, grad))
+            xt, gt = (time_major(v).contiguous() for v in (x, grad))
             t_out = gt.shape[0]
             grad_w, tap = grad.new_empty(c_out, c_in, k), grad.new_empty(c_out, c_in)
             for j in range(k):
