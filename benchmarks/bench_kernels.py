@@ -43,11 +43,17 @@ def median_ms(fn, reps: int = 30) -> float:
     return sorted(times)[reps // 2] * 1e3
 
 
-def conv_row(shape, channels_last: bool, dtype) -> str:
-    B, c_in, c_out, T, k = shape
+def trunk_input(B: int, c_in: int, T: int, channels_last: bool, dtype=torch.float32) -> tuple[torch.Tensor, str]:
+    """A random ``(B, C, T)`` input, or the trunk's channels-last ``(B, C, 1, T)``, and its layout's name."""
     x = torch.randn(B, c_in, T, dtype=dtype)
     if channels_last:
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return x.unsqueeze(2).contiguous(memory_format=torch.channels_last), "(B, C, 1, T)"
+    return x, "(B, C, T)"
+
+
+def conv_row(shape, channels_last: bool, dtype) -> str:
+    B, c_in, c_out, T, k = shape
+    x, layout = trunk_input(B, c_in, T, channels_last, dtype)
     w = (torch.randn(c_out, c_in, k) * 0.02).to(dtype).requires_grad_()
     out = TapWeightGradConv1d.apply(x, w, None, k // 2)
     g = torch.randn_like(out)
@@ -58,7 +64,6 @@ def conv_row(shape, channels_last: bool, dtype) -> str:
     taps = lambda: torch.autograd.grad(TapWeightGradConv1d.apply(x, w, None, k // 2), w, g)  # noqa: E731
     fwd = median_ms(lambda: TapWeightGradConv1d.apply(x, w.detach(), None, k // 2))
     a, b = median_ms(onednn), median_ms(taps) - fwd  # taps: forward + weight gradient, minus the forward
-    layout = "(B, C, 1, T)" if channels_last else "(B, C, T)"
     dt = str(dtype).removeprefix("torch.")
     return (f"| {layout} | {dt} | {B} | {c_in} | {c_out} | {T} | {k} | {fwd:.2f} | {a:.2f} | {b:.2f} | {b / a:.2f} | "
             f"{'yes' if tap_weight_grad_pays(c_in, k, T, dtype) else 'no'} |")
@@ -66,9 +71,7 @@ def conv_row(shape, channels_last: bool, dtype) -> str:
 
 def winograd_row(shape, channels_last: bool) -> str:
     B, c_in, c_out, T, k = shape
-    x = torch.randn(B, c_in, T)
-    if channels_last:
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    x, layout = trunk_input(B, c_in, T, channels_last)
     x.requires_grad_()
     w, b = (torch.randn(c_out, c_in, k) * 0.02).requires_grad_(), torch.zeros(c_out, requires_grad=True)
     if channels_last:
@@ -80,7 +83,6 @@ def winograd_row(shape, channels_last: bool) -> str:
     with torch.no_grad():
         fwd = [median_ms(f) for f in (conv, wino)]
     both = [median_ms(lambda f=f: torch.autograd.grad(f(), (x, w, b), g)) for f in (conv, wino)]
-    layout = "(B, C, 1, T)" if channels_last else "(B, C, T)"
     return (f"| {layout} | {B} | {c_in} | {c_out} | {T} | {k} | {fwd[0]:.2f} | {fwd[1]:.2f} | {both[0]:.2f} | "
             f"{both[1]:.2f} | {both[1] / both[0]:.2f} | "
             f"{'yes' if winograd_pays(c_in, c_out, k, T, torch.float32, B) else 'no'} |")
