@@ -1,6 +1,7 @@
 """diffpolicy-dataset subcommands, driven through main(argv)."""
 
 import json
+import os
 
 import imageio.v2 as imageio
 import numpy as np
@@ -49,8 +50,33 @@ def test_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", str(bad), "--keys", "img"]) == 1
     out = capsys.readouterr().out
     assert "data/state: contains NaN or inf (first at row 4)" in out and "data/img: required" in out
-    assert main(["validate", str(tmp_path)]) == 1
-    assert "not a zarr store" in capsys.readouterr().out
+
+    # unreadable stores exit 2: a missing path, a directory that is not a store, metadata that cannot be parsed
+    (tmp_path / "broken.zarr").mkdir()
+    (tmp_path / "broken.zarr" / "zarr.json").write_text("{not json")
+    for path, why in ((tmp_path / "missing.zarr", "no such file"), (tmp_path, "not a zarr store"),
+                      (tmp_path / "broken.zarr", "cannot open as a zarr group")):
+        assert main(["validate", str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert why in err and "UNREADABLE" in out and "Traceback" not in out + err
+
+
+def test_validate_missing_and_corrupt_chunks(tmp_path, capsys):
+    p = make_store(tmp_path / "a.zarr", rows=4)
+    (p / "data" / "state" / "c" / "1" / "0").unlink()
+    (p / "data" / "action" / "c" / "2" / "0").write_bytes(b"garbage!" * 4)
+    assert main(["validate", str(p)]) == 1
+    out, err = capsys.readouterr()
+    assert f"ERROR {p}: data/state: chunk c/1/0 (rows 4-7) is missing from the store" in out
+    assert f"ERROR {p}: data/action: chunk c/2/0 (rows 8-9) cannot be decoded" in out
+    assert "2 problem(s)" in out and "Traceback" not in out + err
+    assert main(["info", str(p)]) == 2  # every other command refuses the store with a one-line message
+    assert "data/state: 1 of 3 chunks are missing" in capsys.readouterr().err
+    (p / "data" / "state" / "c" / "1" / "0").write_bytes(b"garbage!" * 4)
+    assert main(["subset", str(p), str(tmp_path / "s.zarr"), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "data/action: chunk c/2/0 (rows 8-9) cannot be decoded" in err or "data/state: chunk c/1/0" in err
+    assert "Traceback" not in err and not (tmp_path / "s.zarr").exists()
 
 
 def test_merge_subset_split(tmp_path, capsys):
@@ -101,3 +127,41 @@ def test_video(tmp_path, capsys):
 def test_bad_command_line():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_outputs_never_overwrite_a_source(tmp_path, capsys):
+    src = store(tmp_path / "src.zarr", [3, 4], 0)
+    other = store(tmp_path / "other.zarr", [2], 1)
+    digest = tree_digest(src), tree_digest(other)
+    (tmp_path / "link.zarr").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    refused = [
+        (["subset", str(src), str(tmp_path / "sub" / ".." / "src.zarr"), "--episodes", "0", "--overwrite"],
+         "is the source"),
+        (["subset", str(src), str(tmp_path / "nope" / ".." / "src.zarr"), "--episodes", "0", "--overwrite"],
+         "is the source"),
+        (["subset", str(src), str(tmp_path / "link.zarr"), "--episodes", "0", "--overwrite"], "is the source"),
+        (["subset", str(tmp_path / "link.zarr"), str(src), "--episodes", "0", "--overwrite"], "is the source"),
+        (["subset", str(src), str(tmp_path), "--episodes", "0", "--overwrite"], "contains the source"),
+        (["subset", str(src), str(src / "data" / "x.zarr"), "--episodes", "0"], "lies inside the source"),
+        (["merge", str(tmp_path / "link.zarr"), str(other), str(src), "--overwrite"], "is the source"),
+        (["split", str(src), "--train-out", str(tmp_path / "t.zarr"), "--val-out", str(tmp_path / "link.zarr"),
+          "--overwrite"], "is the source"),
+        (["split", str(src), "--train-out", str(tmp_path / "t.zarr"), "--val-out", str(tmp_path / "t.zarr")],
+         "overlaps the other output"),
+        (["video", str(src), str(tmp_path / "link.zarr" / "ep.mp4"), "--overwrite"], "lies inside the source"),
+        (["info", str(src), "--json", str(tmp_path / "sub" / ".." / "link.zarr")], "is the source"),
+    ]
+    for argv, why in refused:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, (argv, err)
+    assert (tree_digest(src), tree_digest(other)) == digest  # sources intact
+    assert (tmp_path / "link.zarr").is_symlink() and not (tmp_path / "t.zarr").exists()
+    assert sorted(os.listdir(tmp_path)) == ["link.zarr", "other.zarr", "src.zarr", "sub"]  # nothing else written
+    # a legitimate --overwrite of an earlier output still works
+    out = tmp_path / "sub" / "s.zarr"
+    assert main(["subset", str(src), str(out), "--episodes", "0"]) == 0
+    assert main(["subset", str(src), str(tmp_path / "sub" / ".." / "sub" / "s.zarr"), "--episodes", "1",
+                 "--overwrite"]) == 0
+    assert ReplayBuffer.open(out).episode_lengths.tolist() == [4]

@@ -2,27 +2,31 @@
 
 import hashlib
 import os
+import shutil
 import zipfile
 
 import numpy as np
 import pytest
 import zarr
 
+from diffpolicy.data.cache import load_arrays
 from diffpolicy.data.dataset import WindowDataset
-from diffpolicy.data.errors import DatasetError
+from diffpolicy.data.errors import ChunkError, DatasetError, UnreadableStoreError
 from diffpolicy.data.replay_buffer import ReplayBuffer
 from diffpolicy.data.stats import compute_stats
+from diffpolicy.data.store import pack_zip
 from diffpolicy.data.validate import validate_store
 
 
-def make_store(path, lengths=(4, 6), state=None, action=None, ends=None, zarr_format=3):
+def make_store(path, lengths=(4, 6), state=None, action=None, ends=None, zarr_format=3, rows=None):
+    """A small store written with zarr directly; ``rows``: rows per chunk of the data arrays (default: one chunk)."""
     n = sum(lengths)
     root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     data = root.create_group("data")
     state = np.arange(n * 3, dtype=np.float32).reshape(n, 3) if state is None else state
     action = np.ones((n, 2), np.float32) if action is None else action
-    data.create_array("state", data=state)
-    data.create_array("action", data=action)
+    data.create_array("state", data=state, chunks=(rows, 3) if rows else "auto")
+    data.create_array("action", data=action, chunks=(rows, 2) if rows else "auto")
     meta = root.create_group("meta")
     meta.create_array("episode_ends", data=np.cumsum(lengths).astype(np.int64) if ends is None else ends)
     return path
@@ -129,7 +133,8 @@ def test_not_a_zarr_store(tmp_path):
     raises(tmp_path / "z.zip", None, "zip has no zarr.json")
     (tmp_path / "broken.zarr").mkdir()
     (tmp_path / "broken.zarr" / "zarr.json").write_text("{not json")
-    raises(tmp_path / "broken.zarr", None, "cannot open as a zarr group")
+    err = raises(tmp_path / "broken.zarr", None, "cannot open as a zarr group")
+    assert isinstance(err, UnreadableStoreError)
     raises(tmp_path / "plain", None, "not a zarr store", lambda s: WindowDataset(s, ["state"]))
     assert "not a zarr store" in validate_store(tmp_path / "plain")[0]
 
@@ -152,3 +157,112 @@ def test_reading_never_modifies_the_source(tmp_path):
     ds.normalizer({"state": "gaussian", "action": "minmax"})
     validate_store(p)
     assert tree_digest(p) == before
+
+
+# ----------------------------------------------------------------------------------------- missing and corrupt chunks
+CHUNK_KEY = {3: "c/1/0", 2: "1.0"}  # chunk 1 of a 2-D array: zarr v3 default key encoding, v2 dot-separated
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_missing_chunk(tmp_path, fmt):
+    p = make_store(tmp_path / "a.zarr", lengths=(4, 6), zarr_format=fmt, rows=4)  # 3 chunks of 4 rows per key
+    (p / "data" / "state" / CHUNK_KEY[fmt]).unlink()  # an interrupted copy
+    err = raises(p, "data/state", f"1 of 3 chunks are missing from the store: chunk {CHUNK_KEY[fmt]} .rows 4-7.")
+    assert isinstance(err, ChunkError) and err.chunks == [CHUNK_KEY[fmt]] and err.key == "data/state"
+    raises(p, "data/state", "missing", lambda s: WindowDataset(s, ["state"]))  # training opens the same way
+    problems = validate_store(p)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{p}: data/state: chunk {CHUNK_KEY[fmt]} (rows 4-7) is missing"), problems
+    assert ReplayBuffer.open(p, check_chunks=False).get_window("state", 4, 8).sum() == 0  # what zarr would train on
+
+
+def test_missing_chunks_every_one_reported(tmp_path):
+    p = make_store(tmp_path / "a.zarr", lengths=(4, 6), rows=2)  # 5 chunks per key
+    for key, chunk in (("state", "c/0/0"), ("state", "c/3/0"), ("action", "c/4/0")):
+        (p / "data" / key / chunk).unlink()
+    err = raises(p, "data/action", "1 of 5 chunks are missing")  # keys in sorted order; the others are named
+    assert "data/state miss chunks too" in str(err)
+    problems = validate_store(p)
+    assert [q.split(": ")[1:3] for q in problems] == [
+        ["data/action", "chunk c/4/0 (rows 8-9) is missing from the store (zarr would read it as the fill value 0.0)"],
+        ["data/state", "chunk c/0/0 (rows 0-1) is missing from the store (zarr would read it as the fill value 0.0)"],
+        ["data/state", "chunk c/3/0 (rows 6-7) is missing from the store (zarr would read it as the fill value 0.0)"]]
+
+
+def test_missing_episode_ends_chunk(tmp_path):
+    p = make_store(tmp_path / "a.zarr")
+    (p / "meta" / "episode_ends" / "c" / "0").unlink()
+    raises(p, "meta/episode_ends", "1 of 1 chunks are missing from the store: chunk c/0 .rows 0-1.")
+    problems = validate_store(p)  # reported as missing, not as "episode ends not increasing" (zeros)
+    assert len(problems) == 1 and "meta/episode_ends: chunk c/0 (rows 0-1) is missing" in problems[0], problems
+
+
+def test_missing_chunk_in_zip_and_sharded_stores(tmp_path):
+    p = make_store(tmp_path / "a.zarr", rows=4)
+    (p / "data" / "action" / "c" / "2" / "0").unlink()
+    pack_zip(p, tmp_path / "a.zarr.zip")
+    raises(tmp_path / "a.zarr.zip", "data/action", "chunk c/2/0 .rows 8-9.")
+    q = make_store(tmp_path / "s.zarr")
+    zarr.open_group(str(q), mode="r+")["data"].create_array("img", data=np.ones((10, 4, 4, 3), np.uint8),
+                                                              chunks=(2, 4, 4, 3), shards=(4, 4, 4, 3))
+    ReplayBuffer.open(q)  # complete
+    (q / "data" / "img" / "c" / "1" / "0" / "0" / "0").unlink()
+    raises(q, "data/img", "1 of 3 chunks are missing from the store: shard c/1/0/0/0 .rows 4-7.")
+
+
+def test_all_zero_episodes_are_stored(tmp_path):
+    # zarr 3 skips chunks equal to the fill value by default; the replay buffer writes them, so none looks missing.
+    rb = ReplayBuffer.create(tmp_path / "a.zarr")
+    rb.append_episode({"state": np.zeros((5, 3), np.float32), "action": np.zeros((5, 2), np.float32)}, {"state": 2})
+    ReplayBuffer.open(tmp_path / "a.zarr", mode="r+").append_episode(
+        {"state": np.zeros((3, 3), np.float32), "action": np.zeros((3, 2), np.float32)})
+    assert ReplayBuffer.open(tmp_path / "a.zarr").n_steps == 8 and validate_store(tmp_path / "a.zarr") == []
+    assert sorted(os.listdir(tmp_path / "a.zarr" / "data" / "state" / "c")) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_corrupt_chunk(tmp_path, fmt):
+    p = make_store(tmp_path / "a.zarr", zarr_format=fmt, rows=4)
+    (p / "data" / "state" / CHUNK_KEY[fmt]).write_bytes(b"\x00garbage" * 7)
+    rb = ReplayBuffer.open(p)  # opening reads no data chunk: the corruption shows when the chunk is read
+    np.testing.assert_array_equal(rb.get_window("state", 0, 4), np.arange(12).reshape(4, 3))
+    for read in (lambda s: ReplayBuffer.open(s).get_episode(1),
+                 lambda s: ReplayBuffer.open(s).array("state")[:],
+                 lambda s: WindowDataset(s, ["state"]),  # loads the arrays
+                 lambda s: compute_stats(ReplayBuffer.open(s), ["state"])):
+        err = raises(p, "data/state", f"chunk {CHUNK_KEY[fmt]} .rows 4-7. cannot be decoded", read)
+        assert isinstance(err, ChunkError) and err.chunks == [CHUNK_KEY[fmt]]
+    cached = load_arrays(ReplayBuffer.open(p), ["state"], memory_budget=0)["state"]  # chunk-cached reads
+    np.testing.assert_array_equal(cached.take(np.array([0, 3])), [[0, 1, 2], [9, 10, 11]])
+    raises(p, "data/state", f"chunk {CHUNK_KEY[fmt]} ", lambda s: cached.take(np.array([5])))
+    problems = validate_store(p)
+    assert len(problems) == 1 and f"{p}: data/state: chunk {CHUNK_KEY[fmt]} (rows 4-7) cannot be decoded" in \
+        problems[0], problems
+
+
+def test_corrupt_chunks_of_every_dtype_are_found_by_validate(tmp_path):
+    p = make_store(tmp_path / "a.zarr", rows=4)
+    group = zarr.open_group(str(p), mode="r+")
+    group["data"].create_array("img", data=np.ones((10, 4, 4, 3), np.uint8), chunks=(4, 4, 4, 3))
+    for f in (p / "data" / "img" / "c" / "0" / "0" / "0" / "0", p / "data" / "img" / "c" / "2" / "0" / "0" / "0",
+              p / "meta" / "episode_ends" / "c" / "0"):
+        f.write_bytes(b"garbage!" * 5)
+    problems = validate_store(p)
+    assert len(problems) == 1 and "meta/episode_ends: chunk c/0 (rows 0-1) cannot be decoded" in problems[0], problems
+    raises(p, "meta/episode_ends", "chunk c/0 .rows 0-1. cannot be decoded")
+    shutil.rmtree(p / "meta")
+    group = zarr.open_group(str(p), mode="r+")
+    group.require_group("meta").create_array("episode_ends", data=np.array([4, 10]))
+    problems = validate_store(p)
+    assert [q.split(": ")[1] for q in problems] == ["data/img", "data/img"], problems
+    assert "chunk c/0/0/0/0 (rows 0-3) cannot be decoded" in problems[0] and "c/2/0/0/0 (rows 8-9)" in problems[1]
+
+
+def test_corrupt_array_metadata_is_unreadable(tmp_path):
+    p = make_store(tmp_path / "a.zarr")
+    (p / "data" / "state" / "zarr.json").write_text("{garbage")
+    err = raises(p, "data/state", "metadata cannot be read")
+    assert isinstance(err, UnreadableStoreError)
+    with pytest.raises(UnreadableStoreError, match="data/state: metadata cannot be read"):
+        validate_store(p, raise_unreadable=True)
+    assert "metadata cannot be read" in validate_store(p)[0]

@@ -3,14 +3,22 @@
 Subcommands (``diffpolicy-dataset <cmd> -h`` for options)::
 
     info PATH [--json OUT]                       episodes, steps, keys/shapes/dtypes/chunks, episode-length histogram
-    validate PATH [--keys K ...]                 every structural and value check; exit status 1 if anything is wrong
+    validate PATH [--keys K ...]                 every chunk, structural and value check (exit status below)
     merge OUT IN [IN ...]                        episodes of several stores, in order, into one new store
     subset IN OUT --episodes 0,3,5-9             the listed episodes into a new store
     split IN --train-out A --val-out B           seeded episode-level train/val split into two new stores
     video IN OUT.mp4 [--episode I] [--key img]   one episode's images as an mp4
+    convert lerobot SRC_DIR OUT [--rename F=K]   LeRobotDataset v2.1/v3.0 (parquet + mp4) or robomimic hdf5 demos
+    convert robomimic SRC.hdf5 OUT [--filter F]  into a new store (readers: pip install "diffpolicy[convert]")
 
 Sources are never modified; outputs are written atomically and refused if they exist (``--overwrite``). Every
-command prints what it wrote.
+output path is resolved (symlinks, ``..``) and refused if it is, lies inside, or contains a source, whatever
+``--overwrite`` says. Every command prints what it wrote.
+
+Exit status: 0 on success; for ``validate``, 0 when the store is clean, 1 when problems were found (each printed as
+``ERROR <store>: <key>: <problem>``: missing or undecodable chunks named by key and rows, structure, values), and 2
+when the store is unreadable (path missing, not a zarr store, metadata that cannot be parsed). Any other command
+exits 2 on an error (a bad or unreadable store, a refused output path, bad arguments), with a one-line message.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffpolicy.data.errors import DatasetError
+from diffpolicy.data.errors import DatasetError, UnreadableStoreError
 from diffpolicy.data.replay_buffer import ReplayBuffer, is_image_shape
-from diffpolicy.data.tools import parse_episodes, write_episodes
+from diffpolicy.data.tools import check_output_paths, parse_episodes, write_episodes
 from diffpolicy.data.validate import validate_store
 from diffpolicy.data.windows import split_episodes
 
@@ -45,6 +53,8 @@ def describe(rb: ReplayBuffer, bins: int = 10) -> dict:
 
 
 def cmd_info(args) -> int:
+    if args.json:
+        check_output_paths([args.json], [args.path])
     rb = ReplayBuffer.open(args.path)
     d = describe(rb)
     print(f"{d['path']}  (zarr v{d['zarr_format']})")
@@ -68,7 +78,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    problems = validate_store(args.path, args.keys or (), progress=True)
+    try:
+        problems = validate_store(args.path, args.keys or (), progress=True, raise_unreadable=True)
+    except UnreadableStoreError as err:
+        print(f"diffpolicy-dataset validate: error: {err}", file=sys.stderr)
+        print(f"{args.path}: UNREADABLE (exit status 2)")
+        return 2
     for p in problems:
         print(f"ERROR {p}")
     print(f"{args.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -77,6 +92,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    check_output_paths([args.out], args.inputs)
     sources = [ReplayBuffer.open(p) for p in args.inputs]
     # Attributes every source agrees on (task id, control rate, ...) still describe the merged store.
     common = {k: v for k, v in sources[0].attrs.items() if all(rb.attrs.get(k, object()) == v for rb in sources)}
@@ -88,6 +104,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_subset(args) -> int:
+    check_output_paths([args.out], [args.input])
     rb = ReplayBuffer.open(args.input)
     eps = parse_episodes(args.episodes, rb.n_episodes)
     out = write_episodes(args.out, [(rb, eps)], args.overwrite,
@@ -97,6 +114,7 @@ def cmd_subset(args) -> int:
 
 
 def cmd_split(args) -> int:
+    check_output_paths([args.train_out, args.val_out], [args.input])
     rb = ReplayBuffer.open(args.input)
     train, val = split_episodes(rb.n_episodes, args.val_ratio, args.seed, args.max_train_episodes)
     for name, mask, dest in (("train", train, args.train_out), ("val", val, args.val_out)):
@@ -114,6 +132,7 @@ def cmd_split(args) -> int:
 def cmd_video(args) -> int:
     import imageio.v2 as imageio
 
+    check_output_paths([args.out], [args.input])
     rb = ReplayBuffer.open(args.input)
     arr = rb.array(args.key)
     if not is_image_shape(arr.shape):
@@ -137,14 +156,43 @@ def cmd_video(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    # The converters (and their optional readers pyarrow / h5py / av) load only when a conversion runs.
+    from diffpolicy.data.convert.common import describe_summary
+
+    try:
+        if args.format == "lerobot":
+            from diffpolicy.data.convert.lerobot import convert_lerobot
+
+            summary = convert_lerobot(args.src, args.out, args.rename or (), args.skip or (), args.episodes,
+                                      args.overwrite)
+        else:
+            from diffpolicy.data.convert.robomimic import convert_robomimic
+
+            summary = convert_robomimic(args.src, args.out, args.filter, args.rename or (), args.skip or (),
+                                        args.overwrite)
+    except ImportError as err:  # a missing optional reader: say which extra to install
+        print(f"diffpolicy-dataset convert: error: {err}", file=sys.stderr)
+        return 2
+    print(describe_summary(summary))
+    return 0
+
+
+EXIT_STATUS = __doc__[__doc__.index("Exit status:"):].strip().replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffpolicy-dataset", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="diffpolicy-dataset", description=__doc__.split("\n")[0],
+                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="summarise a store")
     p.add_argument("path")
     p.add_argument("--json", help="also write the summary as JSON here")
     p.set_defaults(fn=cmd_info)
-    p = sub.add_parser("validate", help="check a store; exit 1 on any problem")
+    p = sub.add_parser("validate", help="check a store: exit 0 clean, 1 problems found, 2 unreadable",
+                       description="Check every chunk (present and decodable), the structure and the values of a "
+                                   "store; print each problem.", epilog=EXIT_STATUS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path")
     p.add_argument("--keys", nargs="*", help="data keys that must be present")
     p.set_defaults(fn=cmd_validate)
@@ -174,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_video)
     for name in ("merge", "subset", "split", "video"):
         sub.choices[name].add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p = sub.add_parser("convert", help="convert LeRobot or robomimic demonstrations into a new store")
+    formats = p.add_subparsers(dest="format", required=True)
+    c = formats.add_parser("lerobot", help="LeRobotDataset v2.x/v3.0 directory (meta/info.json, parquet, mp4)")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--episodes", help="positions in the episode list, e.g. 0,3,5-9 (default: all)")
+    c = formats.add_parser("robomimic", help="robomimic hdf5 file (data/demo_<i>/obs, actions)")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--filter", help="only the demos listed in mask/<FILTER>, e.g. train")
+    for c in formats.choices.values():
+        c.add_argument("--rename", action="append", metavar="SOURCE=KEY",
+                       help="store a source feature (LeRobot feature or robomimic dataset, e.g. obs/agentview_image) "
+                            "as data/KEY; repeatable")
+        c.add_argument("--skip", action="append", metavar="SOURCE", help="leave a source feature out; repeatable")
+        c.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        c.set_defaults(fn=cmd_convert)
     return parser
 
 

@@ -12,8 +12,8 @@ from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
-import zarr
 
+from diffpolicy.data.chunks import CheckedArray
 from diffpolicy.data.replay_buffer import ReplayBuffer
 from diffpolicy.data.store import open_group
 
@@ -34,7 +34,7 @@ class ChunkCachedArray:
         self.shape, self.dtype, self.chunk_len = tuple(shape), np.dtype(dtype), int(chunk_len)
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.max_chunks = max(1, cache_bytes // max(row_bytes * self.chunk_len, 1))
-        self._array: zarr.Array | None = None
+        self._array: CheckedArray | None = None
         self._pid = -1
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -50,9 +50,9 @@ class ChunkCachedArray:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _zarr(self) -> zarr.Array:
+    def _zarr(self) -> CheckedArray:
         if self._array is None or self._pid != os.getpid():
-            self._array = open_group(self.path, "r")["data"][self.key]
+            self._array = CheckedArray(open_group(self.path, "r")["data"][self.key], self.path, f"data/{self.key}")
             self._pid = os.getpid()
             self._cache.clear()
         return self._array

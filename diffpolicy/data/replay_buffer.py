@@ -5,25 +5,31 @@ Layout (zarr v3 written here; v2 stores written by the Diffusion Policy code are
     <store>/data/<key>          (N, *event)  every key concatenated over episodes, same N for all keys
     <store>/meta/episode_ends   (E,) int64   exclusive end row of each episode, strictly increasing, last == N
 
-Opening a store checks this structure (cheaply: metadata and ``episode_ends`` only) and raises a
-:class:`DatasetError` naming the store, the key and the problem. Value checks (NaN/inf) need a full pass and live in
-:mod:`diffpolicy.data.validate`. A store opened read-only is never written; writing happens only to a store created
-(or explicitly opened for appending) by the caller.
+Opening a store checks this structure (cheaply: metadata, ``episode_ends`` and a listing of the chunk names, no
+other data) and raises a :class:`DatasetError` naming the store, the key and the problem -- including chunk files
+missing from the store, which zarr would otherwise read as zeros (:mod:`diffpolicy.data.chunks`). Reads through
+:meth:`ReplayBuffer.array` name the store, key and chunk when a chunk cannot be decoded. Value checks (NaN/inf) and
+decoding every chunk need a full pass and live in :mod:`diffpolicy.data.validate`. A store opened read-only is never
+written; writing happens only to a store created (or explicitly opened for appending) by the caller.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import zarr
 
-from diffpolicy.data.errors import DatasetError
+from diffpolicy.data.chunks import CheckedArray, list_dir, missing_chunks, missing_error
+from diffpolicy.data.errors import DatasetError, UnreadableStoreError
 from diffpolicy.data.store import chunk_rows, default_compressors, open_group
 
 ENDS = "meta/episode_ends"
+# Every chunk is written, even one equal to the fill value (zarr 3 skips those by default), so that a chunk missing
+# from a store written here always means lost data (see diffpolicy.data.chunks).
+WRITE_CONFIG = {"write_empty_chunks": True}
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -42,22 +48,54 @@ def check_dtype(path: object, key: str, shape: tuple[int, ...], dtype: np.dtype)
                                                 f"expected uint8 (or float in [0, 255])")
 
 
+def read_metadata(path: object, key: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with a failure to parse zarr metadata reported as the store being unreadable at ``key``."""
+    try:
+        return read()
+    except DatasetError:
+        raise
+    except Exception as exc:  # JSONDecodeError, ValueError, ... from a corrupt zarr.json / .zarray
+        raise UnreadableStoreError(path, key, f"metadata cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def data_arrays(path: object, data: zarr.Group) -> dict[str, zarr.Array]:
+    """``{key: array}`` of the group ``data``, sorted; unreadable metadata names the member when it can."""
+    try:
+        return {k: data[k] for k in sorted(data.array_keys())}
+    except Exception as exc:
+        try:
+            names = sorted(list_dir(data.store_path.store, data.store_path.path))
+        except Exception:
+            names = []
+        for name in names:
+            if name not in ("zarr.json", ".zgroup", ".zattrs"):
+                read_metadata(path, f"data/{name}", lambda: data.get(name))
+        raise UnreadableStoreError(path, "data", f"metadata cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
 class ReplayBuffer:
     """Episodes of named arrays stored in one zarr group (see the module docstring for the layout)."""
 
-    def __init__(self, root: zarr.Group, path: str | os.PathLike | None, writable: bool, allow_empty: bool):
+    def __init__(self, root: zarr.Group, path: str | os.PathLike | None, writable: bool, allow_empty: bool,
+                 check_chunks: bool = False):
         self.root = root
         self.path = str(path) if path is not None else "<memory>"
         self.writable = writable
-        self._ends = self._check_structure(allow_empty)
+        self._ends = self._check_structure(allow_empty, check_chunks)
 
     # ----------------------------------------------------------------------------------------------- construction
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "ReplayBuffer":
-        """Open an existing store; ``mode="r"`` (read-only, must hold >= 1 episode) or ``"r+"`` (append)."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", check_chunks: bool = True) -> "ReplayBuffer":
+        """Open an existing store; ``mode="r"`` (read-only, must hold >= 1 episode) or ``"r+"`` (append).
+
+        ``check_chunks`` (default) lists the chunk names of every array and raises a
+        :class:`~diffpolicy.data.errors.ChunkError` for chunks missing from the store; turn it off only for a store
+        known to omit fill-value chunks on purpose (zarr's ``write_empty_chunks=False``).
+        """
         if mode not in ("r", "r+"):
             raise ValueError(f"ReplayBuffer.open: mode must be 'r' or 'r+', got {mode!r}")
-        return cls(open_group(path, mode), path, writable=(mode == "r+"), allow_empty=(mode == "r+"))
+        return cls(open_group(path, mode), path, writable=(mode == "r+"), allow_empty=(mode == "r+"),
+                   check_chunks=check_chunks)
 
     @classmethod
     def create(cls, path: str | os.PathLike | None = None, attrs: Mapping[str, Any] | None = None) -> "ReplayBuffer":
@@ -74,20 +112,22 @@ class ReplayBuffer:
         root.attrs.update(dict(attrs or {}))
         return cls(root, path, writable=True, allow_empty=True)
 
-    def _check_structure(self, allow_empty: bool) -> np.ndarray:
+    def _check_structure(self, allow_empty: bool, check_chunks: bool = False) -> np.ndarray:
         root, path = self.root, self.path
-        if "meta" not in root or "episode_ends" not in root["meta"]:
+        if not read_metadata(path, "meta", lambda: "meta" in root and "episode_ends" in root["meta"]):
             raise DatasetError(path, ENDS, "missing: a replay buffer needs meta/episode_ends (int64 episode ends)")
-        ends_arr = root[ENDS]
+        ends_arr = read_metadata(path, ENDS, lambda: root[ENDS])
         if not isinstance(ends_arr, zarr.Array) or ends_arr.ndim != 1:
             raise DatasetError(path, ENDS, "must be a 1-D array of episode end rows")
         if np.dtype(ends_arr.dtype).kind not in "iu":
             raise DatasetError(path, ENDS, f"unexpected dtype {ends_arr.dtype}; expected an integer dtype (int64)")
-        ends = np.asarray(ends_arr[:], dtype=np.int64)
-        data = root["data"] if "data" in root else None
+        if check_chunks and (missing := missing_chunks(ends_arr)):
+            raise missing_error(path, ENDS, ends_arr, missing)
+        ends = np.asarray(CheckedArray(ends_arr, path, ENDS)[:], dtype=np.int64)
+        data = read_metadata(path, "data", lambda: root["data"] if "data" in root else None)
         if data is not None and not isinstance(data, zarr.Group):
             raise DatasetError(path, "data", "must be a group of arrays")
-        arrays = {k: data[k] for k in sorted(data.array_keys())} if data is not None else {}
+        arrays = data_arrays(path, data) if data is not None else {}
         if not allow_empty and (len(ends) == 0 or not arrays):
             what = "no episodes (meta/episode_ends is empty)" if len(ends) == 0 else "no arrays under data/"
             raise DatasetError(path, None, f"empty store: {what}")
@@ -103,6 +143,11 @@ class ReplayBuffer:
             if arr.shape[0] != n:
                 raise DatasetError(path, f"data/{key}", f"has {arr.shape[0]} rows but meta/episode_ends ends at {n} "
                                                         f"(arrays of different lengths or episode ends not matching)")
+        if check_chunks:
+            missing = {key: m for key, arr in arrays.items() if (m := missing_chunks(arr))}
+            if missing:
+                key, *others = missing
+                raise missing_error(path, f"data/{key}", arrays[key], missing[key], [f"data/{k}" for k in others])
         return ends
 
     # ------------------------------------------------------------------------------------------------------ reading
@@ -111,11 +156,13 @@ class ReplayBuffer:
         """Data keys, sorted."""
         return sorted(self.root["data"].array_keys()) if "data" in self.root else []
 
-    def array(self, key: str) -> zarr.Array:
-        """The zarr array ``data/<key>``; a missing key is a :class:`DatasetError` listing the available keys."""
+    def array(self, key: str) -> CheckedArray:
+        """The zarr array ``data/<key>`` (read-only view; ``.zarr`` is the array itself) whose reads raise a
+        :class:`~diffpolicy.data.errors.ChunkError` naming the chunk when one cannot be decoded; a missing key is a
+        :class:`DatasetError` listing the available keys."""
         if key not in self.keys:
             raise DatasetError(self.path, f"data/{key}", f"not in the store; it has {['data/' + k for k in self.keys]}")
-        return self.root["data"][key]
+        return CheckedArray(self.root["data"][key], self.path, f"data/{key}")
 
     def require(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -205,10 +252,10 @@ class ReplayBuffer:
                                   dtype=value.dtype, compressors=default_compressors(value.dtype))
         n = self.n_steps
         for key, value in episode.items():
-            arr = data[key]
+            arr = data[key].with_config(WRITE_CONFIG)
             arr.resize((n + t, *arr.shape[1:]))
             arr[n:n + t] = value.astype(arr.dtype, copy=False)
-        ends = self.root[ENDS]
+        ends = self.root[ENDS].with_config(WRITE_CONFIG)
         ends.resize((len(self._ends) + 1,))
         ends[len(self._ends)] = n + t
         self._ends = np.append(self._ends, n + t)

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from diffpolicy.data.errors import DatasetError
+from diffpolicy.data.errors import DatasetError, UnreadableStoreError
 
 # Rows per chunk are chosen so one chunk holds about this many uncompressed bytes: large enough that a whole-array
 # load is a few hundred decompressions (zarr costs ~0.5 ms per chunk request), small enough that a chunk-cached
@@ -45,31 +45,34 @@ def default_compressors(dtype: np.dtype) -> list[BloscCodec]:
 
 
 def open_group(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
-    """Open the root group at ``path``; any failure is a :class:`DatasetError` naming the path.
+    """Open the root group at ``path``; any failure is a :class:`DatasetError` naming the path (an
+    :class:`UnreadableStoreError` when the path is missing, not a zarr store, or its metadata cannot be read).
 
     ``mode`` is ``"r"`` or, for directory stores only, ``"r+"`` (append).
     """
     p = Path(path)
     if not p.exists():
-        raise DatasetError(p, None, "no such file or directory")
+        raise UnreadableStoreError(p, None, "no such file or directory")
     if p.is_file():
         if not zipfile.is_zipfile(p):
-            raise DatasetError(p, None, "not a zarr store: a regular file that is not a zip archive")
+            raise UnreadableStoreError(p, None, "not a zarr store: a regular file that is not a zip archive")
         if mode != "r":
             raise DatasetError(p, None, "zip stores are read-only; write a directory store and pack it")
         with zipfile.ZipFile(p) as zf:
             names = set(zf.namelist())
         if not names & {"zarr.json", ".zgroup"}:
-            raise DatasetError(p, None, "not a zarr store: the zip has no zarr.json (v3) or .zgroup (v2) at its root")
+            raise UnreadableStoreError(p, None, "not a zarr store: the zip has no zarr.json (v3) or .zgroup (v2) at "
+                                                "its root")
         store = zarr.storage.ZipStore(p, mode="r")
     else:
         if not ((p / "zarr.json").exists() or (p / ".zgroup").exists()):
-            raise DatasetError(p, None, "not a zarr store: the directory has no zarr.json (v3) or .zgroup (v2)")
+            raise UnreadableStoreError(p, None, "not a zarr store: the directory has no zarr.json (v3) or .zgroup "
+                                                "(v2)")
         store = zarr.storage.LocalStore(p, read_only=(mode == "r"))
     try:
         return zarr.open_group(store, mode=mode)
     except Exception as exc:  # zarr raises many types for corrupt metadata; report them all the same way
-        raise DatasetError(p, None, f"cannot open as a zarr group ({type(exc).__name__}: {exc})") from exc
+        raise UnreadableStoreError(p, None, f"cannot open as a zarr group ({type(exc).__name__}: {exc})") from exc
 
 
 def pack_zip(src_dir: Path, dst: Path) -> None:

@@ -1,14 +1,16 @@
 """Whole-store operations: copy selected episodes of one or more stores into a new store (merge, subset, split).
 
 Sources are only read; the result is written beside its target and published atomically
-(:func:`~diffpolicy.data.store.atomic_store`), and a target that is one of the sources is refused.
+(:func:`~diffpolicy.data.store.atomic_store`). Every output path of the dataset tools goes through
+:func:`check_output_paths` first, which refuses an output that is, lies inside, or contains a source (after resolving
+symlinks and ``..``), so no ``--overwrite`` can replace or delete a source.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,6 +18,30 @@ from tqdm.auto import tqdm
 from diffpolicy.data.errors import DatasetError
 from diffpolicy.data.replay_buffer import ReplayBuffer
 from diffpolicy.data.store import atomic_store
+
+
+def check_output_paths(outputs: Iterable[str | os.PathLike], sources: Iterable[str | os.PathLike]) -> None:
+    """Refuse (:class:`DatasetError`) any output path that could overwrite a source, before anything is written.
+
+    Paths are compared after :meth:`Path.resolve` (symlinks, ``..``): an output equal to a source, inside one (a
+    source directory store), or containing one (replacing it would delete the source) is refused, and so are two
+    outputs that are equal or nested (the second would replace the first). ``"<memory>"`` sources are skipped.
+    """
+    outs = [(str(o), Path(o).resolve()) for o in outputs]
+    srcs = [(str(s), Path(s).resolve()) for s in sources if str(s) != "<memory>"]
+    for out, ro in outs:
+        for src, rs in srcs:
+            same = ro == rs or (ro.exists() and rs.exists() and os.path.samefile(ro, rs))
+            how = ("is the source" if same else "lies inside the source" if rs in ro.parents
+                   else "contains the source" if ro in rs.parents else None)
+            if how:
+                raise DatasetError(out, None, f"output path {how} {src} (resolved: {ro} vs {rs}); sources are never "
+                                              f"modified, so write to a path outside every source")
+    for i, (out, ro) in enumerate(outs):
+        for other, r2 in outs[i + 1:]:
+            if ro == r2 or ro in r2.parents or r2 in ro.parents:
+                raise DatasetError(out, None, f"output path overlaps the other output {other} (resolved: {ro} vs "
+                                              f"{r2}); give each output its own path")
 
 
 def parse_episodes(spec: str, n_episodes: int) -> list[int]:
@@ -39,10 +65,8 @@ def parse_episodes(spec: str, n_episodes: int) -> list[int]:
 def write_episodes(target: str | os.PathLike, sources: Sequence[tuple[ReplayBuffer, Sequence[int]]],
                    overwrite: bool = False, attrs: Mapping[str, Any] | None = None, progress: bool = True) -> Path:
     """Write the listed episodes of each source (in order) to a new store ``target`` (directory, or ``.zip``)."""
+    check_output_paths([target], [rb.path for rb, _ in sources])
     target = Path(target).absolute()
-    for rb, _ in sources:
-        if Path(rb.path).absolute() == target:
-            raise DatasetError(target, None, "is also a source; write to a new path (sources are never modified)")
     first = sources[0][0]
     for rb, _ in sources[1:]:
         if rb.keys != first.keys:
