@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from diffpolicy.cli.collect import collect_dataset
+from diffpolicy.data.collect import collect_dataset
 from diffpolicy.data.replay_buffer import ReplayBuffer
 
 

@@ -5,9 +5,9 @@
     nice -n 10 python benchmarks/bench_controller.py soak     --checkpoint RUN --n-steps 10000 --rate 100
 
 Every run prints a JSON line with its results and the load average (``/proc/loadavg``) before and after, since the
-2 cores are shared. ``latency`` compares the eager path (``policy.predict_chunk`` under ``inference_mode``) with the
-controller's fast path (cached schedule and time embeddings) and, with ``--compile``, ``torch.compile`` of the U-Net
-body, for batch-1 chunks.
+2 cores are shared. ``latency`` compares, for batch-1 chunks through ``policy.sample_chunk``, the plain policy with a
+plan per chunk (as ``predict_action`` runs it) with the controller's path (accelerated net, plan and FiLM time table
+built once per sampler and step count) and, with ``--compile``, ``torch.compile`` of the U-Net trunk.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from diffpolicy.accel import accelerate, compile_trunk
 from diffpolicy.control.controller import Controller
 from diffpolicy.control.metrics import RingStats
 from diffpolicy.control.realtime import run_harness
@@ -38,6 +39,21 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def chunk_path(policy, cached: bool = True):
+    """``fn(cond, noise, sampler, steps)``: a chunk through ``policy.sample_chunk``; ``cached``: with the plan and
+    its time table built once per (sampler, steps), as the controller runs it, else a plan per call as
+    ``predict_action`` does."""
+    sampler_fn, plans = ChunkSampler(policy), {}
+
+    def fn(cond, noise, sampler, steps):
+        if not cached:
+            return sampler_fn(cond, noise, policy.sampling_plan(sampler, steps))
+        if (sampler, steps) not in plans:
+            plans[sampler, steps] = policy.sampling_plan(sampler, steps, time_table=True)
+        return sampler_fn(cond, noise, plans[sampler, steps])
+    return fn
+
+
 def latency(args) -> dict:
     torch.set_num_threads(args.threads)
     policy, config = load_policy(args.checkpoint)
@@ -46,9 +62,12 @@ def latency(args) -> dict:
     with torch.inference_mode():
         cond = policy.encode(obs)
     noise = torch.randn(1, policy.horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
-    paths = {"eager": ChunkSampler(policy, fast=False), "fast": ChunkSampler(policy)}
+    paths = {"plain": chunk_path(policy, cached=False),
+             "accel": chunk_path(accelerate(load_policy(args.checkpoint)[0]))}
     if args.compile:
-        paths["compiled"] = ChunkSampler(policy, compile=True)
+        fast = accelerate(load_policy(args.checkpoint)[0])
+        compile_trunk(fast.net)
+        paths["compiled"] = chunk_path(fast)
     rows = []
     for name, fn in paths.items():
         t0 = time.perf_counter()
@@ -73,7 +92,7 @@ def harness(args) -> dict:
     for mode in args.modes:
         ctrl = Controller.from_checkpoint(args.checkpoint, device="cpu", sampler=args.sampler, steps=args.steps,
                                           control_hz=args.rate, seed=args.seed, execute_steps=args.execute_steps,
-                                          **MODES[mode])
+                                          num_threads=1, **MODES[mode])
         if args.shift is not None or args.spacing is not None:
             ctrl.set_sampling(shift=args.shift, spacing=args.spacing)
         res = run_harness(ctrl, ctrl_task(args.checkpoint)["env_id"], ctrl_task(args.checkpoint)["env_kwargs"],
@@ -87,7 +106,7 @@ def harness(args) -> dict:
 
 
 def ctrl_task(path) -> dict:
-    from diffpolicy.training.checkpoint import load_config, resolve_checkpoint
+    from diffpolicy.policy.checkpoint import load_config, resolve_checkpoint
 
     return load_config(resolve_checkpoint(path))["task"]
 
@@ -101,7 +120,7 @@ def soak(args) -> dict:
 
     task = ctrl_task(args.checkpoint)
     ctrl = Controller.from_checkpoint(args.checkpoint, device="cpu", sampler=args.sampler, steps=args.steps,
-                                      control_hz=args.rate, mode="async", smoothing="rtc")
+                                      control_hz=args.rate, mode="async", smoothing="rtc", num_threads=1)
     env = gym.make(task["env_id"], **task["env_kwargs"])
     period, blocks, block = 1.0 / args.rate, [], RingStats(1000)
     obs, _ = env.reset(seed=0)

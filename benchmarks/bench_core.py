@@ -4,8 +4,11 @@ Measures, at the Push-T state set-up (batch 1, horizon 16, action dim 2, global 
 one U-Net forward, one full DDIM chunk (1, 4, 8, 10, 16 steps) and the sampler's own overhead; and a training step
 (forward + backward + AdamW) at batch 256. Each case runs our code and the reference (Diffusion Policy's
 ``ConditionalUnet1D`` driven by diffusers' ``DDIMScheduler`` as its policy does) in the same process, alternating
-repetitions, so machine load hits both alike; ratios are what to read. Before timing, the reference weights are
-converted into our layout and both networks are compared on a forward and a full DDIM-10 chunk.
+repetitions, so machine load hits both alike; ratios are what to read. Our code runs in both settings side by side:
+``plain`` (the ``nn.Conv1d`` U-Net of ``diffpolicy.nets``) and ``accel`` (the same weights after
+``diffpolicy.accel.accelerate``). Before timing, the reference weights are converted into our layout and the networks
+are compared on a forward and a full DDIM-10 chunk. The process opts in to ``diffpolicy.accel.tune_process`` as the
+CLIs do (``--no-tune``: not).
 
 The reference is never part of this repository: fetch it as described in ``benchmarks/reference_unet.md`` and pass
 its directory with ``--reference DIR`` or ``DIFFPOLICY_DP_REFERENCE=DIR``; without it only our rows are measured.
@@ -34,10 +37,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import diffpolicy
+from diffpolicy.accel import accelerate, compile_trunk, conv1d, tune_process
 from diffpolicy.core.objectives import DDPM
 from diffpolicy.core.samplers import ddim
-from diffpolicy.nets import conv1d
-from diffpolicy.nets.unet1d import ConditionalUnet1D, ConditionedUnet, FiLMResBlock
+from diffpolicy.nets.unet1d import ConditionalUnet1D, FiLMResBlock
+from diffpolicy.policy.sampling import TimeTable
 
 WIDTHS = {"small": (64, 128, 256), "large": (256, 512, 1024)}
 HORIZON, ACTION_DIM, COND_DIM = 16, 2, 40
@@ -64,8 +68,16 @@ def make_reference(ref_cls, widths):
                    down_dims=list(widths), kernel_size=KERNEL, n_groups=GROUPS, cond_predict_scale=True)
 
 
-def make_ours(widths, channels_last=None):
-    return ConditionalUnet1D(ACTION_DIM, COND_DIM, 0, widths, KERNEL, GROUPS, TIME_DIM, channels_last)
+def make_ours(widths, accel: bool = False, channels_last=None):
+    net = ConditionalUnet1D(ACTION_DIM, COND_DIM, 0, widths, KERNEL, GROUPS, TIME_DIM)
+    return accelerate(net, channels_last) if accel else net
+
+
+def accelerated_copy(net: ConditionalUnet1D, widths) -> ConditionalUnet1D:
+    """The same weights in an accelerated net."""
+    fast = make_ours(widths, accel=True)
+    fast.load_state_dict(net.state_dict())
+    return fast.train(net.training)
 
 
 def convert_reference_state(ref_state: dict, ours: ConditionalUnet1D) -> dict:
@@ -138,17 +150,19 @@ def reference_chunk(model, sched, steps: int, cond: torch.Tensor, generator=None
     return x
 
 
-def our_chunk(net, obj: DDPM, schedule, cond: torch.Tensor, generator=None) -> torch.Tensor:
-    """Our sampling path as the policy runs it: condition part of FiLM once, then DDIM."""
+def our_chunk(net, obj: DDPM, schedule, cond: torch.Tensor, generator=None, table=None) -> torch.Tensor:
+    """Our sampling path as the policy runs it (``DiffusionPolicy.sample_chunk``): condition part of FiLM once, the
+    time parts of the grid in one batched call (or ``table``, as the controller caches it), then DDIM."""
     x = torch.randn((cond.shape[0], HORIZON, ACTION_DIM), generator=generator)
-    return ddim(obj.denoiser(net.conditioned(cond)), x, schedule)
+    table = table or TimeTable(net, schedule.model_time[:-1])
+    return ddim(obj.denoiser(net.conditioned(cond, time_film=table)), x, schedule)
 
 
 # -- equivalence -----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
-    """Max abs differences with the same weights in both networks: forward at 4 timesteps and on a batch of 256,
-    and DDIM-10 chunks.
+    """Max abs differences with the same weights in the networks: forward at 4 timesteps and on a batch of 256
+    (plain and accelerated), and DDIM-10 chunks.
 
     Chunks compare three ways: the set-up as given (x0 clipped to [-1, 1], the raw network noise kept:
     diffusers' DDIM default, matched by our ``clip_keeps_noise=True``); diffusers with
@@ -159,35 +173,37 @@ def check_equivalence(ref_cls, widths, seed: int = 0) -> dict[str, float]:
     ref = make_reference(ref_cls, widths).eval()
     ours = make_ours(widths).eval()
     ours.load_state_dict(convert_reference_state(ref.state_dict(), ours))
+    fast = accelerated_copy(ours, widths)
     x, cond = torch.randn(4, HORIZON, ACTION_DIM), torch.randn(4, COND_DIM)
     t = torch.tensor([0, 17, 63, 99])
-    out = {"forward": (ref(x, t, global_cond=cond) - ours(x, t.float(), cond)).abs().max().item()}
-    # a training batch: large inputs take other convolution paths (Winograd in float32)
+    r = ref(x, t, global_cond=cond)
+    out = {"forward": (r - ours(x, t.float(), cond)).abs().max().item(),
+           "forward accel": (r - fast(x, t.float(), cond)).abs().max().item()}
+    # a training batch: large inputs take other convolution paths (Winograd in float32) in the accelerated net
     xb, cb, tb = torch.randn(256, HORIZON, ACTION_DIM), torch.randn(256, COND_DIM), torch.randint(0, 100, (256,))
     ref_b = ref(xb, tb, global_cond=cb)
     out["forward, batch 256"] = (ref_b - ours(xb, tb.float(), cb)).abs().max().item()
-    out["forward, batch 256 scale"] = ref_b.abs().max().item()
+    out["forward accel, batch 256"] = (ref_b - fast(xb, tb.float(), cb)).abs().max().item()
+    out["forward, batch 256 scale"] = out["forward accel, batch 256 scale"] = ref_b.abs().max().item()
     for name, clip, kwargs in [("chunk", True, {}), ("chunk, clipped eps", True, {"use_clipped_model_output": True}),
                                ("chunk, no clip", False, {})]:
         obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0 if clip else None, clip_keeps_noise=not kwargs)
         gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731 - same initial noise for both
         a = reference_chunk(ref, reference_scheduler(10, clip), 10, cond, gen(), **kwargs)
-        b = our_chunk(ours, obj, obj.sampling_schedule(10, "leading"), cond, gen())
+        b = our_chunk(fast, obj, obj.sampling_schedule(10, "leading"), cond, gen())
         out[name] = (a - b).abs().max().item()
         out[name + " scale"] = a.abs().max().item()
     return out
 
 
 @torch.inference_mode()
-def compiled_check(ours, trunk, cond, steps_list) -> str:
+def compiled_check(fast, compiled, cond, steps_list) -> str:
     """Compile (timed) and compare compiled and eager DDIM chunks from the same noise."""
     obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0)
     t0, diffs = time.perf_counter(), []
     for n in steps_list:
         sched = obj.sampling_schedule(n, "leading")
-        noise = torch.randn(1, HORIZON, ACTION_DIM, generator=torch.Generator().manual_seed(n))
-        runs = [ddim(obj.denoiser(ConditionedUnet(ours, cond, None, times=sched.model_time[:-1], trunk=tr)),
-                     noise, sched) for tr in (trunk, None)]
+        runs = [our_chunk(net, obj, sched, cond, torch.Generator().manual_seed(n)) for net in (compiled, fast)]
         diffs.append((runs[0] - runs[1]).abs().max().item())
     return (f"torch.compile of the trunk: first chunks took {time.perf_counter() - t0:.1f} s (compilation); "
             f"max |compiled - eager| chunk difference {max(diffs):.2e}")
@@ -244,35 +260,28 @@ HEADER = ["| {} | p50 ms | p90 ms | min ms | CPU p50 ms | p50 / ref | min / ref 
 
 
 # -- cases -----------------------------------------------------------------------------------------------------------
-def sampling_cases(ref, ours, steps_list, cond, trunk=None):
-    """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``. who = ``"ours"``: the
-    policy's path, FiLM time table computed in each chunk; ``"ours, table cached"``: the controller's eager path,
-    which computes it once per (sampler, steps); with ``trunk`` (a compiled ``ours.forward_film``) also the
-    controller's compiled path, ``"ours compiled"``."""
+def sampling_cases(ref, nets: dict, steps_list, cond):
+    """Forward, per-step and chunk callables at batch 1, keyed ``(kind, steps, who)``. ``nets``: ``{who: net}``,
+    e.g. ``"ours plain"`` (the policy's path with the plain net: FiLM time table computed in each chunk) and
+    ``"ours accel"`` (the controller's: accelerated net, table cached per plan), ``"ours compiled"``."""
     obj = DDPM(100, "squaredcos_cap_v2", clip_x0=1.0)
     x, t = torch.randn(1, HORIZON, ACTION_DIM), torch.tensor([50.0])
-    cases = {("forward", 1, "ours"): lambda: ours(x, t, cond)}
-    step = ours.conditioned(cond, times=t)
-    cases[("step", 1, "ours")] = lambda: step(x, t)
-    if trunk is not None:
-        cstep = ConditionedUnet(ours, cond, None, times=t, trunk=trunk)
-        cases[("step", 1, "ours compiled")] = lambda: cstep(x, t)
+    cases = {}
+    for who, net in nets.items():
+        cases[("forward", 1, who)] = lambda net=net: net(x, t, cond)
+        step = net.conditioned(cond, time_film=TimeTable(net, t))
+        cases[("step", 1, who)] = lambda step=step: step(x, t)
     if ref is not None:
         t_ref = torch.tensor(50)
         cases[("forward", 1, "reference")] = lambda: ref(x, t_ref, global_cond=cond)
     null = lambda x, t, c=None, **kw: torch.zeros_like(x)  # noqa: E731 - a free network: what is left is the sampler
     for n in steps_list:
         sched = obj.sampling_schedule(n, "leading")
-        times = sched.model_time[:-1]
-        cases[("chunk", n, "ours")] = lambda s=sched, tm=times: ddim(
-            obj.denoiser(ours.conditioned(cond, times=tm)), torch.randn(1, HORIZON, ACTION_DIM), s)
-        cases[("sampler only", n, "ours")] = lambda s=sched: ddim(obj.denoiser(null), torch.randn(1, HORIZON, ACTION_DIM), s)
-        table = ours.time_table(times)  # as the controller runs it: time table cached per (sampler, steps)
-        cases[("chunk", n, "ours, table cached")] = lambda s=sched, tt=table: ddim(obj.denoiser(ConditionedUnet(
-            ours, cond, None, time_table=tt)), torch.randn(1, HORIZON, ACTION_DIM), s)
-        if trunk is not None:
-            cases[("chunk", n, "ours compiled")] = lambda s=sched, tt=table: ddim(obj.denoiser(ConditionedUnet(
-                ours, cond, None, time_table=tt, trunk=trunk)), torch.randn(1, HORIZON, ACTION_DIM), s)
+        for who, net in nets.items():
+            table = None if who == "ours plain" else TimeTable(net, sched.model_time[:-1])  # cached, as a plan's
+            cases[("chunk", n, who)] = lambda s=sched, net=net, tt=table: our_chunk(net, obj, s, cond, table=tt)
+        cases[("sampler only", n, "ours plain")] = lambda s=sched: ddim(obj.denoiser(null),
+                                                                        torch.randn(1, HORIZON, ACTION_DIM), s)
         if ref is not None:
             rs = reference_scheduler(n)
             cases[("chunk", n, "reference")] = lambda n=n, rs=rs: reference_chunk(ref, rs, n, cond)
@@ -316,7 +325,7 @@ def training_cases(ref_cls, widths, variants, batch):
         noise_sched = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
         cases["reference"] = lambda: reference_train_step(ref, ref_opt, noise_sched, x0, cond)
     for v in variants:
-        net = make_ours(widths, channels_last=False if "plain-layout" in v else None)
+        net = make_ours(widths, accel="accel" in v, channels_last=False if "plain-layout" in v else None)
         net.load_state_dict(init)
         opt = torch.optim.AdamW(net.parameters(), fused="fused" in v, **adamw)
         step = (lambda m=net, o=opt, bf=("bf16" in v): our_train_step(m, o, obj, x0, cond, bf))
@@ -325,8 +334,8 @@ def training_cases(ref_cls, widths, variants, batch):
 
 
 def ablated(step, variant: str):
-    """``step`` with training kernels switched off as the variant's words ask, for an A/B in one process:
-    ``no-taps`` (oneDNN's weight gradients instead of ``TapWeightGradConv1d``), ``no-winograd`` (no
+    """``step`` with training kernels of the accelerated net switched off as the variant's words ask, for an A/B in
+    one process: ``no-taps`` (oneDNN's weight gradients instead of ``TapWeightGradConv1d``), ``no-winograd`` (no
     ``WinogradConv1d``)."""
     switches = []
     if "no-taps" in variant:
@@ -382,7 +391,6 @@ def sampling_report(times, cpu, steps_list, who) -> list[str]:
             if ("chunk", n, w) not in times:
                 continue
             step_key = ("forward", 1, "reference") if w == "reference" else ("step", 1, w)
-            step_key = step_key if step_key in times else ("step", 1, "ours")
             if step_key not in times:
                 continue
             chunk, diff = med(("chunk", n, w)), med(("chunk", n, w)) - n * med(step_key)
@@ -404,10 +412,10 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=30, help="repetitions per sampling case")
     p.add_argument("--train-reps", type=int, default=5)
     p.add_argument("--train-batch", type=int, default=256)
-    p.add_argument("--train-variants", nargs="*", default=["eager", "eager fused-adamw"],
-                   help="our training variants, each a label with optional words fused-adamw, bf16, plain-layout "
-                        "(the (B, C, T) trunk instead of the default layout), no-taps (oneDNN's weight gradients), "
-                        "no-winograd (no Winograd convolutions)")
+    p.add_argument("--train-variants", nargs="*", default=["plain fused-adamw", "accel fused-adamw"],
+                   help="our training variants, each a label with optional words accel (the accelerated net; else "
+                        "the plain one), fused-adamw, bf16, and for accel: plain-layout (the (B, C, T) trunk instead "
+                        "of channels-last), no-taps (oneDNN's weight gradients), no-winograd (no Winograd)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true",
                    help="also time chunks through the controller's torch.compile'd U-Net trunk (compiles first)")
@@ -415,14 +423,16 @@ def main(argv=None):
                    help="intra-op threads for our batch-1 cases (the controller's num_threads, default 1 there); "
                         "the reference keeps --threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-tune", action="store_true", help="leave MKL's mode and glibc's allocator as they are")
     a = p.parse_args(argv)
+    tuned = {} if a.no_tune else tune_process()  # before any tensor work, as the CLIs do
     torch.set_num_threads(a.threads)
     ref_cls, why = load_reference(a.reference)
     # sys.path[0] is benchmarks/, so this is the *installed* diffpolicy unless PYTHONPATH says otherwise
     print(f"# bench_core: diffpolicy from {Path(diffpolicy.__file__).parent}")
     print(f"# bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (f" ({a.our_threads} for our batch-1 cases)" if a.our_threads else "")
-          + f", MKL_CBWR={os.environ.get('MKL_CBWR')}, glibc thresholds set: {diffpolicy.ALLOCATOR_TUNED}"
+          + f", MKL_CBWR={os.environ.get('MKL_CBWR')}, glibc thresholds set: {tuned.get('allocator', False)}"
           + f", loadavg at start {load()}")
     if ref_cls is None:
         print(f"reference rows skipped: {why}")
@@ -435,24 +445,24 @@ def main(argv=None):
                   + ", ".join(f"{k} {v:.2e} ({eq[k + ' scale']:.2f})" if k + " scale" in eq else f"{k} {v:.2e}"
                               for k, v in eq.items() if not k.endswith("scale")) + "\n")
         torch.manual_seed(a.seed)
-        ours = make_ours(widths).eval()
+        plain = make_ours(widths).eval()
         ref = None
         if ref_cls is not None:
             ref = make_reference(ref_cls, widths).eval()
-            ours.load_state_dict(convert_reference_state(ref.state_dict(), ours))
+            plain.load_state_dict(convert_reference_state(ref.state_dict(), plain))
+        nets = {"ours plain": plain, "ours accel": accelerated_copy(plain, widths)}
         cond = torch.randn(1, COND_DIM)
-        trunk = None
         if a.compile:
-            trunk = torch.compile(ours.forward_film)
-            print(compiled_check(ours, trunk, cond, a.steps) + "\n")
-        cases = sampling_cases(ref, ours, a.steps, cond, trunk)
+            nets["ours compiled"] = compile_trunk(accelerated_copy(plain, widths))
+            print(compiled_check(nets["ours accel"], nets["ours compiled"], cond, a.steps) + "\n")
+        cases = sampling_cases(ref, nets, a.steps, cond)
         if a.our_threads:
             cases = {k: (with_threads(f, a.our_threads, a.threads) if k[2] != "reference" else f)
                      for k, f in cases.items()}
         with torch.inference_mode():  # ours; the reference's own policy runs under no_grad, same cost on CPU
             load0 = load()
             times, cpu = interleaved(cases, a.reps, warmup=2, desc=f"sampling {wname}")
-        who = ["reference", "ours", "ours, table cached"] + (["ours compiled"] if a.compile else [])
+        who = ["reference", *nets]
         print(f"sampling, batch 1 (loadavg {load0} -> {load()}, {a.reps} reps, interleaved)\n")
         print("\n".join(sampling_report(times, cpu, a.steps, who)))
         if a.train_reps <= 0:

@@ -31,7 +31,7 @@ from diffpolicy.imagegen.metrics import (
     DigitClassifier, accuracy, evaluate_samples, frechet_distance, predict_features, train_classifier,
 )
 from diffpolicy.imagegen.model import load_generator
-from diffpolicy.training.checkpoint import load_train_state
+from diffpolicy.policy.checkpoint import load_train_state
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -2,10 +2,10 @@
 ``(B, C, 1, T)``:
 
 1. weight gradients, float32 and bf16: oneDNN's (``convolution_backward`` asked for the weight only) against
-   :class:`~diffpolicy.nets.conv1d.TapWeightGradConv1d`'s per-tap products, with the forward pass for scale and
+   :class:`~diffpolicy.accel.conv1d.TapWeightGradConv1d`'s per-tap products, with the forward pass for scale and
    whether ``tap_weight_grad_pays`` picks the taps;
 2. forward and forward + backward in float32: torch's convolution (oneDNN) against
-   :class:`~diffpolicy.nets.conv1d.WinogradConv1d`, and whether ``winograd_pays`` picks Winograd.
+   :class:`~diffpolicy.accel.conv1d.WinogradConv1d`, and whether ``winograd_pays`` picks Winograd.
 
     python benchmarks/bench_kernels.py
 
@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from diffpolicy.nets.conv1d import TapWeightGradConv1d, WinogradConv1d, tap_weight_grad_pays, winograd_pays
+from diffpolicy.accel.conv1d import TapWeightGradConv1d, WinogradConv1d, tap_weight_grad_pays, winograd_pays
 
 # (batch, C_in, C_out, length, kernel): the U-Nets' convolutions at horizon 16 (widths up to 1024) and 8
 CONV_SHAPES = [(128, 64, 64, 2, 5), (128, 128, 128, 2, 5), (256, 128, 128, 4, 5), (256, 256, 256, 4, 5),

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffpolicy.policy.rollout import wilson_interval  # noqa: E402
+from diffpolicy.eval.rollout import wilson_interval  # noqa: E402
 from plot_success_vs_steps import draw, save  # noqa: E402  (this folder)
 
 

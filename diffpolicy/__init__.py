@@ -1,8 +1,7 @@
-"""diffpolicy: diffusion and flow-matching policies for robot learning."""
+"""diffpolicy: diffusion and flow-matching policies for robot learning.
 
-from . import cpu_runtime
-
-cpu_runtime.set_mkl_mode()
-ALLOCATOR_TUNED = cpu_runtime.keep_freed_memory()
+Importing it changes nothing process-wide; the CLIs opt in to CPU runtime tuning with
+:func:`diffpolicy.accel.tune_process`.
+"""
 
 __version__ = "0.1.0"

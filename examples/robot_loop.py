@@ -19,7 +19,7 @@ import gymnasium as gym
 import diffpolicy.envs  # noqa: F401  (registers the simulated tasks)
 from diffpolicy.control import Controller
 from diffpolicy.control.metrics import RingStats
-from diffpolicy.training.checkpoint import load_config, resolve_checkpoint
+from diffpolicy.policy.checkpoint import load_config, resolve_checkpoint
 
 
 class SimRobot:
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoints root or checkpoint directory")
     p.add_argument("--hz", type=float, default=10.0, help="control rate of the loop")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to run")
+    p.add_argument("--n-steps", type=int, default=None, help="run this many control periods instead of --seconds")
     p.add_argument("--mode", choices=["sync", "async"], default="async")
     p.add_argument("--smoothing", choices=["none", "ensemble", "rtc"], default="rtc")
     p.add_argument("--sampler", default=None, help="e.g. ddim, euler, dpmpp_2m (default: the checkpoint's)")
@@ -58,8 +59,12 @@ def main() -> None:
     args = p.parse_args()
 
     task = load_config(resolve_checkpoint(args.checkpoint))["task"]
+    # num_threads=1: a batch-1 chunk gains nothing from more intra-op threads, and on cores shared with the rest of
+    # the robot stack spinning OpenMP threads would stall it (torch's thread count is process-wide: set it here,
+    # in the program's entry point).
     ctrl = Controller.from_checkpoint(args.checkpoint, control_hz=args.hz, mode=args.mode, sampler=args.sampler,
-                                      steps=args.steps, smoothing=None if args.smoothing == "none" else args.smoothing)
+                                      steps=args.steps, smoothing=None if args.smoothing == "none" else args.smoothing,
+                                      num_threads=1)
     print(f"loaded {args.checkpoint} on {ctrl.device}; warm-up chunk {ctrl.warmup_seconds * 1e3:.1f} ms; "
           f"{ctrl.mode} mode, smoothing {ctrl.smoothing}, {ctrl.sampler} x {ctrl.steps} steps, {args.hz:g} Hz")
     robot = SimRobot(task["env_id"], task.get("env_kwargs", {}))
@@ -77,7 +82,7 @@ def main() -> None:
 
     ctrl.reset()
     start = next_tick = time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
+    while (loop.count < args.n_steps) if args.n_steps else (time.perf_counter() - start < args.seconds):
         t0 = time.perf_counter()
         action = ctrl.act(robot.read())        # 1. observation -> action (numpy, env units, clipped, finite)
         if robot.send(action):                 # 2. send it; a new episode starts after a reset

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffpolicy.nets.conv1d import Conv1d, ConvTranspose1d
+from diffpolicy.accel.conv1d import FastConv1d, FastConvTranspose1d
 
 
 def float64_conv_inputs(length, kernel, channels_last, bias=True):
@@ -33,7 +33,7 @@ def assert_same_values_and_grads(out, ref, inputs):
 @pytest.mark.parametrize("batch", [1, 3, 64])  # 64 x 16 rows takes torch's own convolution path
 def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
     torch.manual_seed(0)
-    conv = Conv1d(12, 20, kernel, stride, padding=kernel // 2)
+    conv = FastConv1d(12, 20, kernel, stride, padding=kernel // 2)
     x = torch.randn(batch, 12, 16, requires_grad=True)
     ref = torch.nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding=kernel // 2)
     assert_same_values_and_grads(conv(x), ref, (x, conv.weight, conv.bias))
@@ -44,7 +44,7 @@ def test_matrix_product_conv_equals_torch_conv(kernel, stride, batch):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])  # (B, C, T) or the trunk's (B, C, 1, T)
 def test_tap_weight_grad_conv_matches_torch_gradients(length, kernel, bias, channels_last):
-    from diffpolicy.nets.conv1d import TapWeightGradConv1d
+    from diffpolicy.accel.conv1d import TapWeightGradConv1d
 
     x, w, b = float64_conv_inputs(length, kernel, channels_last, bias)
     inputs = (x, w, b) if bias else (x, w)
@@ -63,10 +63,10 @@ def test_tap_weight_grad_conv_matches_torch_gradients(length, kernel, bias, chan
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channels_last):
-    from diffpolicy.nets.conv1d import GEMM_CONV_MAX_ROWS, tap_weight_grad_pays
+    from diffpolicy.accel.conv1d import GEMM_CONV_MAX_ROWS, tap_weight_grad_pays
 
     torch.manual_seed(0)
-    conv = Conv1d(256, 20, 5, padding=2)
+    conv = FastConv1d(256, 20, 5, padding=2)
     x = torch.randn(GEMM_CONV_MAX_ROWS, 256, 4)  # 4 x 128 positions: beyond the batch-1 path, length 4
     if channels_last:
         x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
@@ -92,7 +92,7 @@ def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channe
         torch.testing.assert_close(a, r, rtol=0.02, atol=0.02 * r.abs().max().item())
     with torch.no_grad():  # inference keeps torch's own path
         assert conv(x).grad_fn is None
-    narrow = Conv1d(128, 20, 5, padding=2)  # taps in bf16 only
+    narrow = FastConv1d(128, 20, 5, padding=2)  # taps in bf16 only
     assert type(narrow(x[:, :128]).grad_fn).__name__ != "TapWeightGradConv1dBackward"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert type(narrow(x[:, :128]).grad_fn).__name__ == "TapWeightGradConv1dBackward"
@@ -101,7 +101,7 @@ def test_large_training_inputs_take_the_tap_weight_gradient_where_it_pays(channe
 @pytest.mark.parametrize("batch", [1, 3, 64])
 def test_matrix_product_transposed_conv_equals_torch(batch):
     torch.manual_seed(0)
-    up = ConvTranspose1d(12, 20, 4, 2, 1)  # the U-Net's upsampling: length T -> 2 T
+    up = FastConvTranspose1d(12, 20, 4, 2, 1)  # the U-Net's upsampling: length T -> 2 T
     x = torch.randn(batch, 12, 8, requires_grad=True)
     ref = torch.nn.functional.conv_transpose1d(x, up.weight, up.bias, 2, 1)
     out = up(x)
@@ -113,7 +113,7 @@ def test_matrix_product_transposed_conv_equals_torch(batch):
 @pytest.mark.parametrize("length", [1, 3, 4, 13])  # 3, 13: a last tile past the end; 1: most taps in padding
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_winograd_conv_matches_torch_conv_and_gradients(kernel, length, channels_last):
-    from diffpolicy.nets.conv1d import WinogradConv1d
+    from diffpolicy.accel.conv1d import WinogradConv1d
 
     x, w, b = float64_conv_inputs(length, kernel, channels_last)
     assert torch.autograd.gradcheck(WinogradConv1d.apply, (x, w, b))
@@ -127,7 +127,7 @@ def test_winograd_conv_matches_torch_conv_and_gradients(kernel, length, channels
 
 def test_winograd_float32_error_stays_near_a_direct_convolution():
     # The transforms scale by up to 2^4 and 1/2^4: float32 rounding grows, but must stay a few times torch's own.
-    from diffpolicy.nets.conv1d import WinogradConv1d
+    from diffpolicy.accel.conv1d import WinogradConv1d
 
     torch.manual_seed(0)
     x = torch.randn(16, 256, 8, requires_grad=True)
@@ -147,7 +147,7 @@ def test_winograd_float32_error_stays_near_a_direct_convolution():
 
 
 def test_large_float32_inputs_take_winograd_where_it_pays():
-    from diffpolicy.nets.conv1d import winograd_pays
+    from diffpolicy.accel.conv1d import winograd_pays
 
     f32 = torch.float32
     assert winograd_pays(256, 256, 5, 4, f32, 256) and winograd_pays(1024, 1024, 5, 16, torch.float64, 16)
@@ -157,7 +157,7 @@ def test_large_float32_inputs_take_winograd_where_it_pays():
     # the kernel's transform at every call needs enough rows: batched evaluation with 10 environments keeps oneDNN
     assert not winograd_pays(256, 256, 5, 4, f32, 10) and not winograd_pays(128, 128, 5, 8, f32, 64)
     torch.manual_seed(0)
-    conv = Conv1d(128, 128, 5, padding=2)
+    conv = FastConv1d(128, 128, 5, padding=2)
     x = torch.randn(128, 128, 8, requires_grad=True)
     out = conv(x)
     assert type(out.grad_fn).__name__ == "WinogradConv1dBackward"
@@ -171,4 +171,4 @@ def test_large_float32_inputs_take_winograd_where_it_pays():
         out = conv(x)
     assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ != "WinogradConv1dBackward"
     assert type(conv(x[:2]).grad_fn).__name__ != "WinogradConv1dBackward"  # 16 positions: the batch-1 path
-    assert type(Conv1d(128, 128, 5, padding=1)(x).grad_fn).__name__ != "WinogradConv1dBackward"  # not 'same'
+    assert type(FastConv1d(128, 128, 5, padding=1)(x).grad_fn).__name__ != "WinogradConv1dBackward"  # not 'same'

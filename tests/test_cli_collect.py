@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from diffpolicy.cli.collect import collect_dataset
+from diffpolicy.data.collect import collect_dataset
 from diffpolicy.data.errors import DatasetError
 from diffpolicy.data.replay_buffer import ReplayBuffer
 

@@ -9,7 +9,6 @@ import pytest
 
 from diffpolicy.cli.dataset import main
 from diffpolicy.data.replay_buffer import ReplayBuffer
-from test_data_errors import make_store, tree_digest
 
 
 def store(path, lengths, seed):
@@ -33,16 +32,14 @@ def test_info_and_json(tmp_path, capsys):
     assert sum(d["episode_length"]["histogram"]["counts"]) == 3 and d["attrs"]["env_id"] == "fake"
 
 
-def test_info_on_diffusion_policy_v2_store(tmp_path, capsys):
-    from test_data_replay_buffer import write_dp_v2_store
-
+def test_info_on_diffusion_policy_v2_store(write_dp_v2_store, tmp_path, capsys):
     write_dp_v2_store(tmp_path / "dp.zarr")
     assert main(["info", str(tmp_path / "dp.zarr")]) == 0
     out = capsys.readouterr().out
     assert "(zarr v2)" in out and "data/keypoint" in out and "(15, 9, 2)" in out and "episodes 3" in out
 
 
-def test_validate_exit_codes(tmp_path, capsys):
+def test_validate_exit_codes(make_store, tmp_path, capsys):
     assert main(["validate", str(store(tmp_path / "a.zarr", [4], 0)), "--keys", "img", "state"]) == 0
     state = np.zeros((10, 3), np.float32)
     state[4] = np.inf
@@ -61,7 +58,7 @@ def test_validate_exit_codes(tmp_path, capsys):
         assert why in err and "UNREADABLE" in out and "Traceback" not in out + err
 
 
-def test_validate_missing_and_corrupt_chunks(tmp_path, capsys):
+def test_validate_missing_and_corrupt_chunks(make_store, tmp_path, capsys):
     p = make_store(tmp_path / "a.zarr", rows=4)
     (p / "data" / "state" / "c" / "1" / "0").unlink()
     (p / "data" / "action" / "c" / "2" / "0").write_bytes(b"garbage!" * 4)
@@ -79,7 +76,7 @@ def test_validate_missing_and_corrupt_chunks(tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "s.zarr").exists()
 
 
-def test_merge_subset_split(tmp_path, capsys):
+def test_merge_subset_split(tree_digest, tmp_path, capsys):
     a, b = store(tmp_path / "a.zarr", [3, 4], 0), store(tmp_path / "b.zarr", [5], 1)
     digests = tree_digest(a), tree_digest(b)
     assert main(["merge", str(tmp_path / "m.zarr"), str(a), str(b)]) == 0
@@ -129,7 +126,7 @@ def test_bad_command_line():
         main(["frobnicate"])
 
 
-def test_outputs_never_overwrite_a_source(tmp_path, capsys):
+def test_outputs_never_overwrite_a_source(tree_digest, tmp_path, capsys):
     src = store(tmp_path / "src.zarr", [3, 4], 0)
     other = store(tmp_path / "other.zarr", [2], 1)
     digest = tree_digest(src), tree_digest(other)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_control_helpers import tiny_checkpoint
+from diffpolicy.control import controller as controller_module
 from diffpolicy.control.controller import Controller
 from diffpolicy.control.safety import NonFiniteError
 from diffpolicy.control.sampling import ChunkSampler
@@ -15,12 +15,12 @@ from diffpolicy.policy.factory import load_policy
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tmp_path_factory, tiny_checkpoint):
     return tiny_checkpoint(tmp_path_factory.mktemp("ctrl") / "ckpt")
 
 
 @pytest.fixture(scope="module")
-def flow_ckpt(tmp_path_factory):
+def flow_ckpt(tmp_path_factory, tiny_checkpoint):
     return tiny_checkpoint(tmp_path_factory.mktemp("ctrl_flow") / "ckpt", objective="flow")
 
 
@@ -33,7 +33,8 @@ def states(n, seed=0):
                                                      ("flow", "heun", 2), ("flow", "dpmpp_2m", 3)])
 def test_sync_executes_predict_action_chunks_in_order_with_padded_history(ckpt, flow_ckpt, objective, sampler,
                                                                           steps):
-    """The fast path (cached schedule/time table) reproduces the eager ``predict_action`` chunk by chunk."""
+    """The controller (accelerated net, plan with a cached time table) reproduces the plain ``predict_action``
+    chunk by chunk."""
     ckpt = ckpt if objective == "ddpm" else flow_ckpt
     obs = states(20)
     ctrl = Controller.from_checkpoint(ckpt, device="cpu", sampler=sampler, steps=steps, action_space=None, seed=7)
@@ -61,7 +62,7 @@ def test_fast_path_inpainting_ends_exactly_on_the_fixed_prefix(ckpt, flow_ckpt, 
     known = torch.randn(1, 16, 2, generator=gen)
     mask = torch.zeros(1, 16, 2, dtype=torch.bool)
     mask[:, 1:4] = True  # chunk indices To-1 .. To+1: the steps executed while this chunk is computed
-    out = fast(cond, noise, sampler, 3, mask=mask, known=known, generator=torch.Generator().manual_seed(1))
+    out = fast(cond, noise, policy.sampling_plan(sampler, 3, time_table=True), mask=mask, known=known, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out[mask], known[mask], rtol=0, atol=0)
     assert not torch.allclose(out[~mask], known[~mask]) and torch.isfinite(out).all()
 
@@ -85,7 +86,7 @@ def test_reset_leaves_no_state_and_sampler_changes_at_run_time(ckpt):
         ctrl.set_sampling("fast")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         ctrl.set_sampling("ddim", 0)
-    with pytest.raises(ValueError, match="sets a flow-matching policy's time grid; this policy's objective is DDPM"):
+    with pytest.raises(ValueError, match="sets a flow-matching policy's time grid; this is a DDPM policy"):
         ctrl.set_sampling(shift=0.5)
     ctrl.reset()
     ctrl.set_sampling("ddim", 5)
@@ -103,12 +104,12 @@ def test_flow_time_grid_shift_changes_at_run_time(flow_ckpt):
                                       execute_steps=1)
     plain = np.stack([ctrl.act(o) for o in obs])
     ctrl.reset()
-    ctrl.set_sampling(shift=0.25)  # the cached tables are rebuilt for the new grid
+    ctrl.set_sampling(shift=0.25)  # a new plan: schedule and time table of the new grid
     shifted = np.stack([ctrl.act(o) for o in obs])
     assert not np.allclose(plain, shifted)
-    schedule, _ = ctrl.chunk_sampler._tables[("euler", 3)]
-    torch.testing.assert_close(schedule.sigma.double(), flow_sampling_schedule(3, 0.25).sigma)
-    with pytest.raises(ValueError, match="sets a DDPM policy's timesteps; this policy's objective is FlowMatching"):
+    assert (ctrl.plan.sampler, ctrl.plan.steps, ctrl.plan.shift) == ("euler", 3, 0.25)
+    torch.testing.assert_close(ctrl.plan.schedule.sigma.double(), flow_sampling_schedule(3, 0.25).sigma)
+    with pytest.raises(ValueError, match="sets a DDPM policy's timesteps; this is a flow-matching policy"):
         ctrl.set_sampling(spacing="leading")
 
 
@@ -151,9 +152,10 @@ def test_nonfinite_observation_or_action_never_reaches_the_robot(ckpt, caplog):
         ctrl.act({"agent_pos": np.zeros(2, np.float32)})
 
 
-def test_deadline_misses_are_counted(ckpt):
+def test_deadline_misses_are_counted(ckpt, fake_clock):
+    fake_clock(controller_module, per_read=1e-3)  # the controller's clock advances 1 ms at each read
     obs = states(9, seed=5)
-    ctrl = Controller.from_checkpoint(ckpt, device="cpu", control_hz=1e6)  # a 1 us period: every replan misses
+    ctrl = Controller.from_checkpoint(ckpt, device="cpu", control_hz=1e6)  # a 1 us period: every act misses
     for o in obs:
         ctrl.act(o)
     s = ctrl.stats()
@@ -163,3 +165,50 @@ def test_deadline_misses_are_counted(ckpt):
         relaxed.act(o)
     assert relaxed.stats()["deadline_misses"] == 0
     assert math.isfinite(relaxed.warmup_seconds) and relaxed.warmup_seconds < 1.0
+
+
+def test_set_sampling_during_a_background_inference_is_atomic(flow_ckpt):
+    # The worker holds the plan it was launched with; set_sampling builds a new plan and swaps it in, so the chunk in
+    # flight finishes with the old plan and the next launch takes the new one.
+    import threading
+
+    ctrl = Controller.from_checkpoint(flow_ckpt, device="cpu", sampler="euler", steps=3, action_space=None,
+                                      mode="async", execute_steps=1)
+    inner, entered, gate, plans = ctrl.chunk_sampler.policy.sample_chunk, threading.Event(), threading.Event(), []
+
+    def gated(cond, plan, **kw):
+        plans.append((plan.sampler, plan.steps, plan.shift))
+        entered.set()
+        assert gate.wait(10.0)
+        return inner(cond, plan, **kw)
+
+    ctrl.policy.sample_chunk = gated
+    try:
+        obs = states(3, seed=5)
+        gate.set()
+        ctrl.act(obs[0])  # the first chunk: act waits for it
+        gate.clear()
+        entered.clear()
+        ctrl.act(obs[1])  # launches the next chunk in the background, which blocks on the gate
+        assert entered.wait(10.0) and ctrl.worker.busy
+        ctrl.set_sampling("heun", 2, shift=0.5, warm_up=False)  # while the worker samples with the old plan
+        gate.set()
+        ctrl.worker.wait()
+        entered.clear()
+        ctrl.act(obs[2])  # the next launch
+        assert entered.wait(10.0)
+    finally:
+        gate.set()
+        ctrl.close()
+    assert plans[:2] == [("euler", 3, 1.0), ("euler", 3, 1.0)] and plans[2] == ("heun", 2, 0.5)
+
+
+def test_controller_leaves_torch_threads_alone_unless_asked(ckpt):
+    threads = torch.get_num_threads()
+    Controller.from_checkpoint(ckpt, device="cpu", action_space=None)
+    assert torch.get_num_threads() == threads
+    try:
+        Controller.from_checkpoint(ckpt, device="cpu", action_space=None, num_threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

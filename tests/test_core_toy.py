@@ -1,37 +1,17 @@
 """A tiny MLP learns a 2-D mixture of 8 Gaussians under each objective and recovers every mode."""
 
-import math
-
 import pytest
 import torch
-from torch import nn
 
 from diffpolicy.core.objectives import DDPM, FlowMatching
 from diffpolicy.core.samplers import sample
-from diffpolicy.nets.embeddings import SinusoidalEmbedding
-
-CENTERS = torch.tensor([[math.cos(a), math.sin(a)] for a in torch.arange(8) * 2 * math.pi / 8])
-
-
-class ToyNet(nn.Module):
-    def __init__(self, width=128):
-        super().__init__()
-        self.emb = SinusoidalEmbedding(32)
-        self.mlp = nn.Sequential(nn.Linear(2 + 32, width), nn.Mish(), nn.Linear(width, width), nn.Mish(),
-                                 nn.Linear(width, width), nn.Mish(), nn.Linear(width, 2))
-
-    def forward(self, x, t, cond=None):
-        return self.mlp(torch.cat([x, self.emb(t)], dim=-1))
-
-
-def draw(n, g):
-    return CENTERS[torch.randint(0, 8, (n,), generator=g)] + 0.05 * torch.randn(n, 2, generator=g)
 
 
 @pytest.mark.parametrize("objective,sampler", [(DDPM(100, prediction="epsilon"), "ddim"),
                                                (DDPM(100, prediction="v_prediction"), "dpmpp_2m"),
                                                (FlowMatching(time_sampling="logit_normal"), "euler")])
-def test_every_mode_is_recovered(objective, sampler):
+def test_every_mode_is_recovered(toy_mixture, objective, sampler):
+    centers, ToyNet, draw = toy_mixture
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     net = ToyNet()
@@ -45,7 +25,7 @@ def test_every_mode_is_recovered(objective, sampler):
         sched.step()
     with torch.no_grad():
         x = sample(objective, net, torch.randn(4000, 2, generator=g), sampler=sampler, steps=20)
-    dist, mode = torch.cdist(x, CENTERS).min(1)
+    dist, mode = torch.cdist(x, centers).min(1)
     share = torch.bincount(mode[dist < 0.25], minlength=8).float() / len(x)
     assert (dist < 0.25).float().mean() > 0.8, f"only {(dist < 0.25).float().mean():.2f} of samples near a mode"
     assert share.min() > 0.07, f"mode shares {share.tolist()} (expected ~0.125 each)"

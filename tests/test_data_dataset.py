@@ -9,8 +9,6 @@ import torch
 from diffpolicy.data.dataset import WindowDataset
 from diffpolicy.data.loader import make_dataloader
 from diffpolicy.data.replay_buffer import ReplayBuffer
-from test_data_replay_buffer import write_dp_v2_store
-from test_data_windows import reference_windows
 
 LENGTHS = [9, 30, 17, 25, 12, 40]
 
@@ -32,7 +30,7 @@ def full(store, key):
     return rb.array(key)[:], rb.episode_ends
 
 
-def test_state_windows_match_reference(store):
+def test_state_windows_match_reference(reference_windows, store):
     ds = WindowDataset(store, ["state", "agent_pos"], horizon=16, n_obs_steps=2, n_action_steps=8)
     state, ends = full(store, "state")
     action, _ = full(store, "action")
@@ -50,7 +48,7 @@ def test_state_windows_match_reference(store):
     np.testing.assert_array_equal(item["action"].numpy(), ref_action[7])
 
 
-def test_image_windows_crop_and_scale(store):
+def test_image_windows_crop_and_scale(reference_windows, store):
     ds = WindowDataset(store, ["img", "state"], horizon=8, n_obs_steps=3, n_action_steps=4, crop_shape=(16, 18),
                        val_ratio=0.3, seed=1)
     img, ends = full(store, "img")
@@ -149,7 +147,7 @@ def test_dataloader_epochs_cover_every_window_once(store):
     assert not torch.equal(epochs[0], epochs[1])  # a new permutation each epoch
 
 
-def test_diffusion_policy_store_and_normalizer(tmp_path):
+def test_diffusion_policy_store_and_normalizer(write_dp_v2_store, tmp_path):
     arrays = write_dp_v2_store(tmp_path / "dp.zarr")
     ds = WindowDataset(tmp_path / "dp.zarr", ["img", "state"], horizon=4, n_obs_steps=2, n_action_steps=2)
     b = ds.sample_batch(np.arange(len(ds)))

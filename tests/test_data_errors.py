@@ -1,6 +1,5 @@
 """Every bad input of issue 4 section 5 gives a DatasetError naming the store path, the key and the problem."""
 
-import hashlib
 import os
 import shutil
 import zipfile
@@ -18,20 +17,6 @@ from diffpolicy.data.store import pack_zip
 from diffpolicy.data.validate import validate_store
 
 
-def make_store(path, lengths=(4, 6), state=None, action=None, ends=None, zarr_format=3, rows=None):
-    """A small store written with zarr directly; ``rows``: rows per chunk of the data arrays (default: one chunk)."""
-    n = sum(lengths)
-    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
-    data = root.create_group("data")
-    state = np.arange(n * 3, dtype=np.float32).reshape(n, 3) if state is None else state
-    action = np.ones((n, 2), np.float32) if action is None else action
-    data.create_array("state", data=state, chunks=(rows, 3) if rows else "auto")
-    data.create_array("action", data=action, chunks=(rows, 2) if rows else "auto")
-    meta = root.create_group("meta")
-    meta.create_array("episode_ends", data=np.cumsum(lengths).astype(np.int64) if ends is None else ends)
-    return path
-
-
 def raises(path, key, match, fn=ReplayBuffer.open):
     with pytest.raises(DatasetError, match=match) as info:
         fn(path)
@@ -41,30 +26,30 @@ def raises(path, key, match, fn=ReplayBuffer.open):
     return info.value
 
 
-def test_missing_episode_ends(tmp_path):
+def test_missing_episode_ends(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr")
     zarr.open_group(str(p), mode="r+")["meta"].__delitem__("episode_ends")
     raises(p, "meta/episode_ends", "missing")
 
 
-def test_episode_ends_not_increasing(tmp_path):
+def test_episode_ends_not_increasing(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", ends=np.array([6, 4, 10]))
     err = raises(p, "meta/episode_ends", "strictly increasing")
     assert "entry 1" in str(err)
     raises(make_store(tmp_path / "b.zarr", ends=np.array([0, 10])), "meta/episode_ends", "strictly increasing")
 
 
-def test_episode_ends_not_matching_data_length(tmp_path):
+def test_episode_ends_not_matching_data_length(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", ends=np.array([4, 9]))
     raises(p, "data/action", "has 10 rows but meta/episode_ends ends at 9")
 
 
-def test_arrays_of_different_lengths(tmp_path):
+def test_arrays_of_different_lengths(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", action=np.ones((7, 2), np.float32))
     raises(p, "data/action", "different lengths")
 
 
-def test_nan_and_inf(tmp_path):
+def test_nan_and_inf(make_store, tmp_path):
     state = np.zeros((10, 3), np.float32)
     state[7, 1] = np.nan
     p = make_store(tmp_path / "a.zarr", state=state)
@@ -79,7 +64,7 @@ def test_nan_and_inf(tmp_path):
     raises(q, "data/action", "NaN or inf", lambda s: ds.normalizer({"action": "minmax"}))
 
 
-def test_float_images_out_of_range(tmp_path):
+def test_float_images_out_of_range(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr")
     img = np.zeros((10, 4, 4, 3), np.float32)
     img[6, 0, 0, 0] = 300.0  # float images are read as 0..255 (Diffusion Policy's convention)
@@ -88,7 +73,7 @@ def test_float_images_out_of_range(tmp_path):
     assert len(problems) == 1 and "data/img" in problems[0] and "outside [0, 255] (first at row 6)" in problems[0]
 
 
-def test_unexpected_dtypes(tmp_path):
+def test_unexpected_dtypes(make_store, tmp_path):
     raises(make_store(tmp_path / "a.zarr", ends=np.array([4.0, 10.0])), "meta/episode_ends", "unexpected dtype float64")
     raises(make_store(tmp_path / "b.zarr", action=np.ones((10, 2), np.complex64)), "data/action",
            "unexpected dtype complex64")
@@ -99,7 +84,7 @@ def test_unexpected_dtypes(tmp_path):
     raises(q, "data/action", "actions must be float", lambda s: WindowDataset(s, ["state"]))
 
 
-def test_requested_key_absent(tmp_path):
+def test_requested_key_absent(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr")
     err = raises(p, "data/img", "not in the store", lambda s: WindowDataset(s, ["img", "state"]))
     assert "data/state" in str(err)  # lists what the store has
@@ -107,7 +92,7 @@ def test_requested_key_absent(tmp_path):
     assert "required but not in the store" in validate_store(p, ["keypoint"])[0]
 
 
-def test_empty_store(tmp_path):
+def test_empty_store(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", lengths=(), state=np.zeros((0, 3), np.float32),
                    action=np.zeros((0, 2), np.float32), ends=np.zeros(0, np.int64))
     raises(p, None, "empty store: no episodes")
@@ -139,17 +124,7 @@ def test_not_a_zarr_store(tmp_path):
     assert "not a zarr store" in validate_store(tmp_path / "plain")[0]
 
 
-def tree_digest(path):
-    h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        for name in sorted(files):
-            f = os.path.join(root, name)
-            h.update(f.encode())
-            h.update(open(f, "rb").read())
-    return h.hexdigest()
-
-
-def test_reading_never_modifies_the_source(tmp_path):
+def test_reading_never_modifies_the_source(make_store, tree_digest, tmp_path):
     p = make_store(tmp_path / "a.zarr", zarr_format=2)
     before = tree_digest(p)
     ds = WindowDataset(p, ["state"], horizon=4, n_obs_steps=2, n_action_steps=2, val_ratio=0.5)
@@ -164,7 +139,7 @@ CHUNK_KEY = {3: "c/1/0", 2: "1.0"}  # chunk 1 of a 2-D array: zarr v3 default ke
 
 
 @pytest.mark.parametrize("fmt", [3, 2])
-def test_missing_chunk(tmp_path, fmt):
+def test_missing_chunk(make_store, tmp_path, fmt):
     p = make_store(tmp_path / "a.zarr", lengths=(4, 6), zarr_format=fmt, rows=4)  # 3 chunks of 4 rows per key
     (p / "data" / "state" / CHUNK_KEY[fmt]).unlink()  # an interrupted copy
     err = raises(p, "data/state", f"1 of 3 chunks are missing from the store: chunk {CHUNK_KEY[fmt]} .rows 4-7.")
@@ -176,7 +151,7 @@ def test_missing_chunk(tmp_path, fmt):
     assert ReplayBuffer.open(p, check_chunks=False).get_window("state", 4, 8).sum() == 0  # what zarr would train on
 
 
-def test_missing_chunks_every_one_reported(tmp_path):
+def test_missing_chunks_every_one_reported(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", lengths=(4, 6), rows=2)  # 5 chunks per key
     for key, chunk in (("state", "c/0/0"), ("state", "c/3/0"), ("action", "c/4/0")):
         (p / "data" / key / chunk).unlink()
@@ -189,7 +164,7 @@ def test_missing_chunks_every_one_reported(tmp_path):
         ["data/state", "chunk c/3/0 (rows 6-7) is missing from the store (zarr would read it as the fill value 0.0)"]]
 
 
-def test_missing_episode_ends_chunk(tmp_path):
+def test_missing_episode_ends_chunk(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr")
     (p / "meta" / "episode_ends" / "c" / "0").unlink()
     raises(p, "meta/episode_ends", "1 of 1 chunks are missing from the store: chunk c/0 .rows 0-1.")
@@ -197,7 +172,7 @@ def test_missing_episode_ends_chunk(tmp_path):
     assert len(problems) == 1 and "meta/episode_ends: chunk c/0 (rows 0-1) is missing" in problems[0], problems
 
 
-def test_missing_chunk_in_zip_and_sharded_stores(tmp_path):
+def test_missing_chunk_in_zip_and_sharded_stores(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", rows=4)
     (p / "data" / "action" / "c" / "2" / "0").unlink()
     pack_zip(p, tmp_path / "a.zarr.zip")
@@ -221,7 +196,7 @@ def test_all_zero_episodes_are_stored(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", [3, 2])
-def test_corrupt_chunk(tmp_path, fmt):
+def test_corrupt_chunk(make_store, tmp_path, fmt):
     p = make_store(tmp_path / "a.zarr", zarr_format=fmt, rows=4)
     (p / "data" / "state" / CHUNK_KEY[fmt]).write_bytes(b"\x00garbage" * 7)
     rb = ReplayBuffer.open(p)  # opening reads no data chunk: the corruption shows when the chunk is read
@@ -240,7 +215,7 @@ def test_corrupt_chunk(tmp_path, fmt):
         problems[0], problems
 
 
-def test_corrupt_chunks_of_every_dtype_are_found_by_validate(tmp_path):
+def test_corrupt_chunks_of_every_dtype_are_found_by_validate(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr", rows=4)
     group = zarr.open_group(str(p), mode="r+")
     group["data"].create_array("img", data=np.ones((10, 4, 4, 3), np.uint8), chunks=(4, 4, 4, 3))
@@ -258,7 +233,7 @@ def test_corrupt_chunks_of_every_dtype_are_found_by_validate(tmp_path):
     assert "chunk c/0/0/0/0 (rows 0-3) cannot be decoded" in problems[0] and "c/2/0/0/0 (rows 8-9)" in problems[1]
 
 
-def test_corrupt_array_metadata_is_unreadable(tmp_path):
+def test_corrupt_array_metadata_is_unreadable(make_store, tmp_path):
     p = make_store(tmp_path / "a.zarr")
     (p / "data" / "state" / "zarr.json").write_text("{garbage")
     err = raises(p, "data/state", "metadata cannot be read")

@@ -4,7 +4,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import zarr
 
 from diffpolicy.data.cache import ChunkCachedArray, load_arrays
 from diffpolicy.data.errors import DatasetError
@@ -85,26 +84,7 @@ def test_zip_store_reads_like_directory(tmp_path):
         ReplayBuffer.open(tmp_path / "a.zarr.zip", mode="r+")
 
 
-def write_dp_v2_store(path, lengths=(4, 6, 5), seed=0):
-    """A store laid out like Diffusion Policy's pusht_cchi_v7_replay.zarr (zarr v2, float32 images 0..255)."""
-    rng = np.random.default_rng(seed)
-    n = sum(lengths)
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    data = root.create_group("data")
-    arrays = {
-        "img": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.float32),
-        "state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
-        "action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
-        "keypoint": rng.uniform(0, 512, (n, 9, 2)).astype(np.float32),
-        "n_contacts": rng.integers(0, 3, (n, 1)).astype(np.float32),
-    }
-    for k, v in arrays.items():
-        data.create_array(k, shape=v.shape, chunks=(7, *v.shape[1:]), dtype=v.dtype)[:] = v
-    root.create_group("meta").create_array("episode_ends", data=np.cumsum(lengths).astype(np.int64))
-    return arrays
-
-
-def test_reads_diffusion_policy_v2_store(tmp_path):
+def test_reads_diffusion_policy_v2_store(write_dp_v2_store, tmp_path):
     arrays = write_dp_v2_store(tmp_path / "pusht_v2.zarr")
     rb = ReplayBuffer.open(tmp_path / "pusht_v2.zarr")
     assert rb.zarr_format == 2

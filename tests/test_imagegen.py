@@ -10,7 +10,7 @@ from diffpolicy.imagegen.grid import grid_image, save_grid
 from diffpolicy.imagegen.metrics import (
     DigitClassifier, _shift, accuracy, balanced_labels, frechet_distance, predict_features,
 )
-from diffpolicy.imagegen.model import ClassConditionalUNet, ImageGenerator, build_generator
+from diffpolicy.imagegen.model import ClassConditionalUNet, build_generator
 
 TINY = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, True], "norm_num_groups": 4}
 
@@ -134,7 +134,7 @@ def test_bad_arguments_give_clear_errors():
         gen.generate(torch.tensor([3, 10]))
     with pytest.raises(ValueError, match="labels must be in"):
         gen.generate(torch.tensor([-1]))
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps must be a positive int, got 0"):
         gen.generate(torch.tensor([0]), steps=0)
     with pytest.raises(ValueError, match="guidance must be >= 0"):
         gen.generate(torch.tensor([0]), guidance=-1.0)

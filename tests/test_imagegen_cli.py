@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from diffpolicy.cli import imagegen as cli
 from diffpolicy.imagegen.data import DigitBatches, load_digits_splits
 from diffpolicy.imagegen.model import build_generator, load_generator
-from diffpolicy.training.checkpoint import load_tensors, load_train_state, resolve_checkpoint
+from diffpolicy.policy.checkpoint import load_tensors, load_train_state, resolve_checkpoint
 from diffpolicy.training.loop import TrainConfig, train
 
 

@@ -4,7 +4,6 @@ import json
 import subprocess
 from importlib import resources
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -12,55 +11,13 @@ import yaml
 
 import diffpolicy.envs  # noqa: F401
 from diffpolicy.cli import eval as eval_cli
-from diffpolicy.cli import train as train_cli
-from diffpolicy.data.replay_buffer import ReplayBuffer
-from diffpolicy.envs.experts import make_expert
+from diffpolicy.training import run as train_run
 from diffpolicy.policy.factory import load_policy
 
-ENV = "diffpolicy/TwoPath-v0"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "two_path.zarr"
-    buf = ReplayBuffer.create(path, attrs={"env_id": ENV})
-    env = gym.make(ENV, obs_type="dict")
-    for ep in range(6):
-        obs, _ = env.reset(seed=ep)
-        expert = make_expert(ENV, env, seed=ep)
-        expert.reset()
-        rows = {"state": [], "agent_pos": [], "action": []}
-        done = False
-        while not done:
-            a = expert.act(obs)
-            rows["state"].append(obs["state"]), rows["agent_pos"].append(obs["agent_pos"]), rows["action"].append(a)
-            obs, _, term, trunc, _ = env.step(a)
-            done = term or trunc
-        buf.append_episode({k: np.asarray(v, dtype=np.float32) for k, v in rows.items()})
-    return path
-
-
-def config(dataset, run_dir, policy):
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    with initialize_config_module("diffpolicy.configs", version_base=None):
-        cfg = compose("train", overrides=["~task", f"policy={policy}", "training=smoke", f"run_dir={run_dir}"])
-    cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg["task"] = {"name": "two_path", "env_id": ENV, "env_kwargs": {"obs_type": "dict"}, "dataset": str(dataset),
-                   "obs_keys": ["state"], "action_key": "action", "n_demos": 6}
-    if policy != "mlp_bc":
-        cfg["policy"]["unet"]["down_dims"] = [16, 32]
-    if policy == "mlp_bc":
-        cfg["training"]["eval_every"] = 15  # periodic rollouts: success against wall time
-    if policy != "unet_ddpm":
-        cfg["training"]["eval"]["video_episodes"] = 0  # rendering is slow on llvmpipe: one policy covers videos
-    return cfg
-
-
 @pytest.mark.parametrize("policy", ["unet_ddpm", "unet_flow", "mlp_bc"])
-def test_train_evaluate_reload(dataset, tmp_path, policy):
-    summary = train_cli.run(config(dataset, tmp_path / "run", policy))
+def test_train_evaluate_reload(train_config, fake_clock, tmp_path, policy):
+    fake_clock(train_run, per_read=1.0)  # the run's wall-time clock (eval_history's train_seconds): 1 s per read
+    summary = train_run.run(train_config(tmp_path / "run", policy))
     assert summary["n_episodes"] == 2 and 0 <= summary["success_rate"] <= 1
     assert (tmp_path / "run/eval/summary.png").is_file()
     assert policy != "unet_ddpm" or list((tmp_path / "run/eval/videos").glob("*.mp4"))
@@ -82,8 +39,8 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
     replan = eval_cli.run({"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5,
                            "n_action_steps": 2, "video_episodes": 0, "out": str(tmp_path / "ev2")})
     assert replan["n_action_steps"] == 2
-    if policy != "mlp_bc":  # executing 2 of 8 changes the rollout of a closed-loop policy
-        assert replan["episodes"] != res["episodes"]
+    for short, full in zip(replan["episodes"], res["episodes"]):  # executing 2 of 8: a chunk every 2 steps
+        assert short["chunks"] == -(-short["length"] // 2) and full["chunks"] == -(-full["length"] // 8)
     shifted = {"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5, "shift": 0.5,
                "video_episodes": 0, "out": str(tmp_path / "ev3")}
     if policy == "unet_flow":
@@ -106,8 +63,8 @@ def test_train_evaluate_reload(dataset, tmp_path, policy):
         policy_obj.set_n_action_steps(16)
 
 
-def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(dataset, tmp_path):
-    train_cli.run(config(dataset, tmp_path / "run", "mlp_bc"))
+def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(train_config, tmp_path):
+    train_run.run(train_config(tmp_path / "run", "mlp_bc"))
     # The installed console script, through hydra, with the defaults of configs/eval.yaml.
     cli = subprocess.run(["diffpolicy-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",
                           "video_episodes=0"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -126,7 +83,7 @@ def test_checkpoint_for_another_task_or_a_foreign_config_fails_clearly(dataset, 
 
 @pytest.mark.parametrize("successes", [0, 3, 5])
 def test_summary_plot_and_interval_at_the_extremes(tmp_path, successes):
-    from diffpolicy.policy.rollout import plot_summary, summarize, wilson_interval
+    from diffpolicy.eval.rollout import plot_summary, summarize, wilson_interval
 
     episodes = [{"episode": i, "success": i < successes, "max_reward": 1.0 if i < successes else 0.3,
                  "final_reward": 0.2, "length": 10} for i in range(5)]

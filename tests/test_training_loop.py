@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from diffpolicy.core.objectives import FlowMatching
-from diffpolicy.training.checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
+from diffpolicy.policy.checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
 from diffpolicy.training.loop import TrainConfig, train
 
 

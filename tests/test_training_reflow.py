@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-from test_core_toy import CENTERS, ToyNet, draw
-from test_policy_pipeline import config, dataset  # noqa: F401  (module-scoped TwoPath dataset fixture)
 
-from diffpolicy.cli import train as train_cli
+from diffpolicy.training import run as train_run
 from diffpolicy.core.objectives import FlowMatching
 from diffpolicy.core.samplers import sample
 from diffpolicy.data.dataset import WindowDataset
@@ -25,15 +23,16 @@ def fit(net, objective, batches, steps, lr=3e-3):
         sched.step()
 
 
-def one_step_error(objective, net, n, g):
+def one_step_error(objective, net, n, g, centers):
     with torch.no_grad():
         x = sample(objective, net, torch.randn(n, 2, generator=g), sampler="euler", steps=1)
-    return torch.cdist(x, CENTERS).min(1).values.mean().item()
+    return torch.cdist(x, centers).min(1).values.mean().item()
 
 
-def test_reflow_makes_one_euler_step_land_on_the_modes():
+def test_reflow_makes_one_euler_step_land_on_the_modes(toy_mixture):
     """With independent pairs, one Euler step returns the mean of the 8 modes (near the origin, ~1 from every mode);
     trained on its own noise -> sample couplings, the student's single step lands near a mode."""
+    centers, ToyNet, draw = toy_mixture
     torch.manual_seed(0)
     obj, g = FlowMatching(time_sampling="logit_normal"), torch.Generator().manual_seed(0)
     teacher = ToyNet()
@@ -49,41 +48,41 @@ def test_reflow_makes_one_euler_step_land_on_the_modes():
         return x[idx], z[idx], g
 
     fit(student, obj, coupled, 1500, lr=1e-3)
-    before, after = one_step_error(obj, teacher, 2000, g), one_step_error(obj, student, 2000, g)
+    before, after = one_step_error(obj, teacher, 2000, g, centers), one_step_error(obj, student, 2000, g, centers)
     assert before > 0.4 and after < 0.5 * before, (before, after)
 
 
-def test_reflow_run_starts_from_the_teacher_and_trains_on_its_samples(dataset, tmp_path):  # noqa: F811
+def test_reflow_run_starts_from_the_teacher_and_trains_on_its_samples(two_path_dataset, train_config, tmp_path):
     teacher_dir = tmp_path / "teacher"
-    train_cli.run(config(dataset, teacher_dir, "unet_flow"))
+    train_run.run(train_config(teacher_dir, "unet_flow"))
     teacher, tcfg = load_policy(teacher_dir)
 
-    data = WindowDataset(dataset, ["state"], horizon=16, n_obs_steps=2, n_action_steps=8)
-    c = make_couplings(teacher, data, copies=2, steps=3, batch_size=64, seed=1)
+    data = WindowDataset(two_path_dataset, ["state"], horizon=16, n_obs_steps=2, n_action_steps=8)
+    c = make_couplings(teacher, data, teacher.sampling_plan("euler", 3), copies=2, batch_size=64, seed=1)
     n = 2 * len(data)
     assert c["action"].shape == (n, 16, 2) and c["noise"].shape == (n, 16, 2) and c["obs"]["state"].shape == (n, 2, 4)
     i = torch.tensor([0, len(data) + 5])  # the same window twice (two copies) gets different noise
     assert torch.equal(c["obs"]["state"][0], c["obs"]["state"][len(data)]) and not torch.equal(*c["noise"][[0, n // 2]])
     with torch.no_grad():
         cond = teacher.encode({"state": c["obs"]["state"][i]})
-        again = teacher.predict_chunk(cond, sampler="euler", steps=3, noise=c["noise"][i])
+        again = teacher.sample_chunk(cond, teacher.sampling_plan("euler", 3), noise=c["noise"][i])
     torch.testing.assert_close(teacher.normalizer.unnormalize("action", again), c["action"][i])
     b = CouplingBatches(c, 8, seed=3)(7)
     assert b["noise"].shape == (8, 16, 2) and torch.equal(b["action"], CouplingBatches(c, 8, seed=3)(7)["action"])
 
-    cfg = config(dataset, tmp_path / "student", "unet_ddpm")  # policy= is replaced by the teacher's
+    cfg = train_config(tmp_path / "student", "unet_ddpm")  # policy= is replaced by the teacher's
     cfg["reflow"] = {"teacher": str(teacher_dir), "copies": 1, "sampler": "euler", "steps": 2, "shift": 0.5}
     cfg["training"]["steps"] = 10
-    train_cli.run(cfg)
+    train_run.run(cfg)
     student, scfg = load_policy(tmp_path / "student")
     assert scfg["policy"] == tcfg["policy"] and scfg["reflow"]["teacher"] == str(teacher_dir)
     moved = [not torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values())]
     assert any(moved)
 
-    ddpm = config(dataset, tmp_path / "ddpm", "unet_ddpm")
+    ddpm = train_config(tmp_path / "ddpm", "unet_ddpm")
     ddpm["training"].update(steps=2, eval={"n_episodes": 1, "n_envs": 1, "video_episodes": 0})
-    train_cli.run(ddpm)
-    cfg = config(dataset, tmp_path / "bad", "unet_flow")
+    train_run.run(ddpm)
+    cfg = train_config(tmp_path / "bad", "unet_flow")
     cfg["reflow"] = {"teacher": str(tmp_path / "ddpm"), "copies": 1}
     with pytest.raises(ValueError, match="reflow needs a flow-matching teacher"):
-        train_cli.run(cfg)
+        train_run.run(cfg)

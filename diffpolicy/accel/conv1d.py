@@ -1,5 +1,8 @@
 """1D convolutions of the U-Net trunk with CPU fast paths; same parameters and state-dict keys as torch's.
 
+:func:`diffpolicy.accel.accelerate` turns a built net's ``nn.Conv1d`` / ``nn.ConvTranspose1d`` modules into
+:class:`FastConv1d` / :class:`FastConvTranspose1d` (a class swap: parameters, state-dict keys and outputs stay):
+
 - batch-1 sampling: small inputs run as one matrix product of unfolded windows (torch's conv picks an unblocked
   im2col path for one-sample inputs);
 - float32 batches (training, batched evaluation): :class:`WinogradConv1d` computes each tile of ``m`` outputs with
@@ -62,7 +65,7 @@ def winograd_pays(c_in: int, c_out: int, kernel: int, length: int, dtype: torch.
     enough tiles (``batch ceil(length / m)`` rows per product: 64 from 256 channels, 256 below) to repay transforming
     the kernel at every call.
 
-    Forward + backward against oneDNN (``python benchmarks/bench_kernels.py``, 2-core AMD EPYC, session 10;
+    Forward + backward against oneDNN (``python benchmarks/bench_kernels.py``, 2-core AMD EPYC;
     ``benchmarks/results/core.md``): at batch 256, 0.44-0.77x from 256 channels at lengths 4-16, both layouts; 0.7-1.1x
     at 128 channels (near even inside a whole step); 0.9-1.7x at 64 channels; 1.0-1.6x at length 2 (4 of its 10
     output-tap pairs meet the input). By rows from 256 channels: 0.6-0.9x at 64, 0.7-1.4x at 16-32.
@@ -163,7 +166,7 @@ def tap_weight_grad_pays(c_in: int, kernel: int, length: int, dtype: torch.dtype
     """Whether :class:`TapWeightGradConv1d` beats oneDNN's weight gradient for a ``(B, c_in, length)`` input computed
     in ``dtype``.
 
-    ``python benchmarks/bench_kernels.py`` on a 2-core AMD EPYC (benchmarks/results/core.md, session 9), taps /
+    ``python benchmarks/bench_kernels.py`` on a 2-core AMD EPYC (benchmarks/results/core.md), taps /
     oneDNN time: for ``c_in * kernel >= 2560`` 0.3-1.0x in float32 and 0.2-0.6x in bf16 (lengths 4-8); at 256
     channels, length 4, 0.3-0.7x; in bf16 0.35-0.8x from 128 channels at lengths 2-4 (64 channels: 0.7-1.1x); in
     float32 below 256 channels 0.7-1.8x, and at length 16 on 64 channels 1.3-2.3x.
@@ -225,7 +228,7 @@ class TapWeightGradConv1d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-class Conv1d(nn.Conv1d):
+class FastConv1d(nn.Conv1d):
     """``nn.Conv1d`` (zero padding) that, for small inputs, runs as one product of unfolded windows
     ``(B T_out, C_in K) @ (C_in K, C_out)``, for large CPU inputs takes :class:`WinogradConv1d` or (training only)
     :class:`TapWeightGradConv1d` where it pays, and also takes the trunk's ``(B, C, 1, T)`` channels-last layout.
@@ -258,7 +261,7 @@ class Conv1d(nn.Conv1d):
         return out.view(B, t_out, self.out_channels).transpose(1, 2)
 
 
-class ConvTranspose1d(nn.ConvTranspose1d):
+class FastConvTranspose1d(nn.ConvTranspose1d):
     """``nn.ConvTranspose1d`` that, for small inputs, runs as one matrix product ``(B T, C_in) @ (C_in, C_out K)``
     followed by an overlap-add of the K taps (``F.fold``): torch's own batch-1 path (``slow_conv_transpose2d``)
     took 10% of a (256,512,1024) forward. Also takes the trunk's ``(B, C, 1, T)`` channels-last layout."""

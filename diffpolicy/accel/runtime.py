@@ -1,14 +1,20 @@
-"""Process-wide CPU settings that ``import diffpolicy`` applies, each unless the user chose otherwise.
+"""Process-wide CPU runtime settings, applied only by :func:`tune_process` (the CLIs call it at start).
+
+A library imported into someone else's process (a robot stack, a ROS node) must not change the environment or the
+allocator, so ``import diffpolicy`` applies none of this. What :func:`tune_process` sets, each unless the user
+already chose otherwise:
 
 - ``MKL_CBWR=AUTO``: Intel MKL (torch's CPU BLAS) runs the small matrix products of batch-1 inference, the U-Net's
-  convolutions at horizon 16, 1.7-1.8x faster in its conditional-numerical-reproducibility mode on this project's AMD
-  EPYC, and large products no slower (``benchmarks/results/core.md``, session 8). MKL reads the mode once, at its
-  first call, hence at import.
-- glibc's allocator keeps freed memory: a training step allocates and frees the same large buffers every step;
-  by default glibc returns them to the kernel and the next step pays page faults to get them back. Float32 training
-  step of the (256,512,1024) U-Net alternating with the reference's (``benchmarks/bench_core.py``): p50 2.33 s with
-  glibc's defaults, 1.66-1.73 s with these settings, the reference 2.72 vs 2.63-2.69 s (``benchmarks/results/core.md``,
-  session 10, run X against runs U-W).
+  convolutions at horizon 16, 1.7-1.8x faster in its conditional-numerical-reproducibility mode on a 2-core AMD EPYC,
+  and large products no slower. MKL reads the mode once, at its first call: call this before any tensor work.
+  Inherited by child processes (e.g. DataLoader workers), which is what the CLIs want.
+- glibc's allocator keeps freed memory (mmap threshold at its 32 MiB ceiling, trim threshold 1 GiB): a training step
+  allocates and frees the same large buffers every step; by default glibc returns them to the kernel and the next
+  step pays page faults to get them back. Float32 training step of the (256,512,1024) U-Net alternating with the
+  reference's: 1.17x the reference's speed with glibc's defaults, 1.55-1.59x with these settings. The process keeps
+  up to 1 GiB of freed heap.
+
+Measurements: ``benchmarks/results/core.md`` (``benchmarks/bench_core.py``).
 """
 
 from __future__ import annotations
@@ -27,9 +33,17 @@ TRIM_THRESHOLD = 1 << 30
 ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "DIFFPOLICY_DEFAULT_ALLOCATOR")
 
 
-def set_mkl_mode() -> None:
-    """``MKL_CBWR=AUTO`` unless set; must run before MKL's first call."""
-    os.environ.setdefault("MKL_CBWR", "AUTO")
+def tune_process() -> dict[str, bool]:
+    """Apply the settings above to this process; returns which ones took: ``{"mkl_cbwr": ..., "allocator": ...}``."""
+    return {"mkl_cbwr": set_mkl_mode(), "allocator": keep_freed_memory()}
+
+
+def set_mkl_mode() -> bool:
+    """``MKL_CBWR=AUTO`` unless set (whether it was set here); must run before MKL's first call."""
+    if "MKL_CBWR" in os.environ:
+        return False
+    os.environ["MKL_CBWR"] = "AUTO"
+    return True
 
 
 def keep_freed_memory() -> bool:

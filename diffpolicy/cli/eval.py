@@ -16,9 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ..accel import accelerate, tune_process
+from ..eval.rollout import evaluate, save_summary
+from ..policy.checkpoint import resolve_checkpoint
 from ..policy.factory import load_policy
-from ..policy.rollout import evaluate, save_summary
-from ..training.checkpoint import resolve_checkpoint
 from ..training.loop import pick_device
 
 
@@ -27,30 +28,28 @@ def run(cfg: dict) -> dict:
     ckpt = resolve_checkpoint(cfg["checkpoint"])
     policy, config = load_policy(ckpt, use_ema=cfg.get("use_ema", True), device=device)
     task = config["task"]
-    kwargs = {k: cfg[k] for k in ("sampler", "steps") if cfg.get(k) is not None}
-    if hasattr(policy, "sampler"):
-        label = f"{kwargs.get('sampler', policy.sampler)}_{kwargs.get('steps', policy.steps)}"
-    else:  # a regression policy (MLP-BC) has no sampler or step count
-        label = "regression"
+    if cfg.get("accel", True):
+        accelerate(policy)
+    plan = policy.sampling_plan(cfg.get("sampler"), cfg.get("steps"), shift=cfg.get("shift"),
+                                spacing=cfg.get("spacing"))
+    label = f"{plan.sampler}_{plan.steps}" if plan is not None else "regression"  # MLP-BC has no sampler
+    if cfg.get("shift") is not None:
+        label += f"_shift{cfg['shift']:g}"
+    if cfg.get("spacing") is not None:
+        label += f"_{cfg['spacing']}"
     if cfg.get("n_action_steps") is not None:
         policy.set_n_action_steps(cfg["n_action_steps"])
         label += f"_exec{policy.n_action_steps}"
-    if cfg.get("shift") is not None:
-        policy.set_sampling_shift(cfg["shift"])
-        label += f"_shift{cfg['shift']:g}"
-    if cfg.get("spacing") is not None:
-        policy.set_sampling_spacing(cfg["spacing"])
-        label += f"_{cfg['spacing']}"
     out = Path(cfg["out"]) if cfg.get("out") else ckpt.parent.parent / "eval" / label
     print(f"evaluating {ckpt} on {task['env_id']} ({label}); writing to {out.resolve()}")
     summary = evaluate(policy, task["env_id"], task.get("env_kwargs", {}), task["obs_keys"], task.get("image_keys", []),
                        task.get("crop_shape"), n_episodes=cfg["n_episodes"], seed=cfg["seed"], n_envs=cfg["n_envs"],
-                       video_episodes=cfg["video_episodes"], video_dir=out / "videos", device=device, **kwargs)
+                       video_episodes=cfg["video_episodes"], video_dir=out / "videos", device=device, plan=plan)
     summary.update(checkpoint=str(ckpt), env_id=task["env_id"], policy=config["policy"]["name"],
-                   n_action_steps=policy.n_action_steps, **kwargs)
-    for key, attr in (("shift", "sampling_shift"), ("spacing", "spacing")):
-        if hasattr(getattr(policy, "objective", None), attr):
-            summary[key] = getattr(policy.objective, attr)
+                   n_action_steps=policy.n_action_steps)
+    if plan is not None:
+        summary.update(sampler=plan.sampler, steps=plan.steps,
+                       **{k: v for k, v in (("shift", plan.shift), ("spacing", plan.spacing)) if v is not None})
     save_summary(summary, out, f"{task['env_id']} {config['policy']['name']} {label}")
     return summary
 
@@ -61,6 +60,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    tune_process()  # before any tensor work: MKL reads its mode at its first call
     _main()
 
 

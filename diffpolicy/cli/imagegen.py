@@ -19,6 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..accel import tune_process
 from ..imagegen.data import DigitBatches, load_digits_splits
 from ..imagegen.grid import save_grid
 from ..imagegen.model import ImageGenerator, build_generator, load_generator
@@ -98,6 +99,7 @@ def main() -> None:
     # Accept `diffpolicy-imagegen train ...` as well as hydra's `mode=train` (hydra rejects bare words).
     if len(sys.argv) > 1 and sys.argv[1] in MODES:
         sys.argv[1] = f"mode={sys.argv[1]}"
+    tune_process()  # before any tensor work: MKL reads its mode at its first call
     _main()
 
 

@@ -40,12 +40,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..accel import accelerate, compile_trunk
+from ..data.obs import ObsAdapter
 from ..policy.base import Policy
-from ..policy.rollout import ObsAdapter
 from .chunks import Chunk, ChunkBuffer
 from .metrics import RingStats
 from .safety import ActionBounds, NonFiniteError, SafetyEvent, log, nonfinite_action, nonfinite_obs
-from .sampling import DETERMINISTIC, ChunkSampler
+from .sampling import ChunkSampler
 from .worker import InferenceWorker
 
 
@@ -53,19 +54,22 @@ class Controller:
     """See the module docstring. ``period`` (seconds) enables deadline-miss counting; ``action_space`` (a Box or
     ``(low, high)``) enables clipping.
 
-    Fast path (:class:`~diffpolicy.control.sampling.ChunkSampler`): ``fast`` caches per-``(sampler, steps)`` tables;
-    ``compile`` runs the U-Net body through ``torch.compile`` (compiled during the warm-up: minutes on a 2-core CPU);
-    ``cuda_graph`` (default: on when the policy is on CUDA) captures the full chunk sample in a CUDA graph -- written
-    without a GPU, so that path is untested.
+    Sampling: a plan from ``policy.sampling_plan`` (sampler, steps, time grid, and the FiLM time table computed
+    once), run through ``policy.sample_chunk``; :meth:`set_sampling` swaps in another plan. ``accel`` applies
+    :func:`diffpolicy.accel.accelerate` to the policy (the CPU convolution paths; :meth:`from_checkpoint` does by
+    default); ``compile`` runs the U-Net trunk through ``torch.compile`` (compiled during the warm-up: minutes on a
+    2-core CPU); ``cuda_graph`` (default: on when the policy is on CUDA) captures the full chunk sample in a CUDA
+    graph -- written without a GPU, so that path is untested. ``num_threads`` sets torch's intra-op threads for
+    inference (process-wide in PyTorch, so only when given; 1 is right for batch-1 chunks on a shared CPU).
     """
 
     def __init__(self, policy: Policy, obs_keys: Sequence[str], image_keys: Sequence[str] = (), crop_shape=None,
                  obs_shapes: Mapping[str, Sequence[int]] | None = None, sampler: str | None = None,
                  steps: int | None = None, mode: str = "sync", smoothing: str | None = None,
                  execute_steps: int | None = None, ensemble_decay: float = 0.01, rtc_window: int = 8,
-                 action_space=None, period: float | None = None, seed: int = 0, fast: bool = True,
+                 action_space=None, period: float | None = None, seed: int = 0, accel: bool = False,
                  compile: bool = False, cuda_graph: bool | None = None, warm_up: bool = True,
-                 num_threads: int | None = 1):
+                 num_threads: int | None = None):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         if smoothing not in (None, "ensemble", "rtc"):
@@ -82,19 +86,25 @@ class Controller:
             raise ValueError(f"execute_steps must be in [1, {self.H}] (horizon - n_obs_steps + 1), "
                              f"got {self.execute_steps}")
         self.device = next(policy.parameters()).device
-        # Intra-op threads for inference (process-wide in PyTorch; None leaves the setting alone). A batch-1 chunk
+        # Intra-op threads for inference, only when asked (a process-wide setting in PyTorch). A batch-1 chunk
         # gains nothing from splitting small ops across cores, and on a loaded CPU OpenMP's spinning barriers made
         # a DDIM-4 chunk of the test U-Net take 2.7 s with 2 threads vs 2 ms with 1 (load average 8 on 2 cores).
-        self.num_threads = num_threads
-        if num_threads is not None and self.device.type == "cpu":
-            torch.set_num_threads(num_threads)
-        cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
-        self.chunk_sampler = ChunkSampler(policy, fast=fast, compile=compile, cuda_graph=cuda_graph)
-        if smoothing == "rtc" and not self.chunk_sampler.supports_inpainting():
+        self.num_threads = num_threads if self.device.type == "cpu" else None
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        if smoothing == "rtc" and not policy.supports_inpainting:
             raise ValueError(f"smoothing='rtc' needs a diffusion/flow policy, got {type(policy).__name__}")
-        self.sampler = sampler or getattr(policy, "sampler", "ddim")
-        self.steps = getattr(policy, "steps", 1) if steps is None else steps
-        self.chunk_sampler.prepare(self.sampler, self.steps)
+        if accel:
+            accelerate(policy)
+        if compile:
+            if not hasattr(policy, "net"):
+                raise ValueError(f"compile=True compiles a diffusion policy's U-Net; {type(policy).__name__} has none")
+            compile_trunk(policy.net)
+        cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.chunk_sampler = ChunkSampler(policy, cuda_graph=cuda_graph)
+        # The sampling plan: replaced whole by set_sampling, read once per chunk launch (a reference swap, so the
+        # background worker finishes an in-flight chunk with the plan it started with).
+        self.plan = policy.sampling_plan(sampler, steps, time_table=True)
         self.adapter = ObsAdapter(obs_keys, image_keys, crop_shape)
         self.obs_keys, self.obs_shapes = list(obs_keys), obs_shapes
         self.buffer = ChunkBuffer("ensemble" if smoothing == "ensemble" else "latest", ensemble_decay)
@@ -116,14 +126,16 @@ class Controller:
                         action_space: Any = "task", control_hz: float | None = None, **kwargs) -> "Controller":
         """Load a policy checkpoint (run dir, checkpoints root or step dir) and wrap it.
 
-        ``device="auto"`` picks CUDA when present. ``action_space="task"`` reads the bounds from the checkpoint's
-        task env (pass a Box/``(low, high)`` for a real robot, or None to disable clipping). ``control_hz`` sets the
-        deadline (``period = 1 / control_hz``); other keywords go to the constructor.
+        ``device="auto"`` picks CUDA when present; ``accel=True`` (the default here) applies
+        :func:`diffpolicy.accel.accelerate` to the loaded policy. ``action_space="task"`` reads the bounds from the
+        checkpoint's task env (pass a Box/``(low, high)`` for a real robot, or None to disable clipping).
+        ``control_hz`` sets the deadline (``period = 1 / control_hz``); other keywords go to the constructor.
         """
         from ..policy.factory import load_policy
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        kwargs.setdefault("accel", True)
         policy, config = load_policy(path, use_ema=use_ema, device=device)
         task = config["task"]
         if isinstance(action_space, str) and action_space == "task":
@@ -140,28 +152,34 @@ class Controller:
         obs = {k: torch.zeros(1, self.To, *s, device=self.device) for k, s in self.obs_shapes.items()}
         with torch.inference_mode():
             cond = self.policy.encode(obs)
-        self.chunk_sampler.warm_up(cond, self.sampler, self.steps, repeats)
+        plan = self.plan
+        self.chunk_sampler.warm_up(cond, plan, repeats)
         t0 = time.perf_counter()
-        self.chunk_sampler(cond, torch.zeros(1, self.horizon, self.policy.action_dim, device=self.device),
-                           self.sampler, self.steps)
+        self.chunk_sampler(cond, torch.zeros(1, self.horizon, self.policy.action_dim, device=self.device), plan)
         self.warmup_seconds = time.perf_counter() - t0
         return self.warmup_seconds
+
+    @property
+    def sampler(self) -> str | None:
+        return None if self.plan is None else self.plan.sampler
+
+    @property
+    def steps(self) -> int | None:
+        return None if self.plan is None else self.plan.steps
 
     def set_sampling(self, sampler: str | None = None, steps: int | None = None, warm_up: bool = True,
                      shift: float | None = None, spacing: str | None = None) -> None:
         """Change the sampler, step count and/or time grid (``shift`` for flow, ``spacing`` for DDPM policies);
-        takes effect at the next chunk launch. The warm-up samples one chunk in the calling thread (and captures a
-        graph on CUDA): call it between periods you can spare, or pass ``warm_up=False``."""
-        sampler = self.sampler if sampler is None else sampler
-        steps = self.steps if steps is None else steps
-        if shift is not None:
-            self.policy.set_sampling_shift(shift)
-        if spacing is not None:
-            self.policy.set_sampling_spacing(spacing)
-        if shift is not None or spacing is not None:  # an in-flight chunk keeps the tables it started with
-            self.chunk_sampler.invalidate()
-        self.chunk_sampler.prepare(sampler, steps)
-        self.sampler, self.steps = sampler, steps
+        what is not given stays. The new plan is built and checked here, then swapped in whole: the next chunk
+        launch uses it, a chunk in flight finishes with the old one. The warm-up samples one chunk in the calling
+        thread (and captures a graph on CUDA): call it between periods you can spare, or pass ``warm_up=False``."""
+        cur = self.plan
+        if cur is None:
+            self.policy.sampling_plan(sampler, steps, shift, spacing)  # refuses grid settings, as for any policy
+            return
+        self.plan = self.policy.sampling_plan(
+            sampler or cur.sampler, cur.steps if steps is None else steps, cur.shift if shift is None else shift,
+            cur.spacing if spacing is None else spacing, time_table=True)
         if warm_up and self.obs_shapes is not None:
             self.warm_up(repeats=1)
 
@@ -291,13 +309,14 @@ class Controller:
             mask, known = self._rtc_prefix(step)
         # Noise is drawn here, in the control thread, so a cancelled request of a previous episode cannot consume
         # this episode's random numbers; samplers that draw noise in their loop get their own seeded generator.
+        plan = self.plan
         noise = torch.randn(1, self.horizon, self.policy.action_dim, generator=self.rng).to(self.device)
         gen = None
-        if self.sampler not in DETERMINISTIC:
+        if plan is not None and not plan.deterministic:
             gen = torch.Generator(device=self.device).manual_seed(
                 int(torch.randint(0, 2**62, (1,), generator=self.rng)))
-        request = {"obs": obs, "step": step, "sampler": self.sampler, "steps": self.steps, "mask": mask,
-                   "known": known, "noise": noise, "generator": gen}
+        request = {"obs": obs, "step": step, "plan": plan, "mask": mask, "known": known, "noise": noise,
+                   "generator": gen}
         self.last_launch = step
         if self.worker is None:
             self._accept(self._infer(request))
@@ -330,8 +349,8 @@ class Controller:
             torch.set_num_threads(self.num_threads)  # the worker thread's own OpenMP setting
         with torch.inference_mode():
             cond = self.policy.encode(request["obs"])
-            normed = self.chunk_sampler(cond, request["noise"], request["sampler"], request["steps"],
-                                        request["mask"], request["known"], request["generator"])
+            normed = self.chunk_sampler(cond, request["noise"], request["plan"], request["mask"], request["known"],
+                                        request["generator"])
             actions = self.policy.normalizer.unnormalize(self.policy.action_key, normed)[0, self.To - 1:]
             actions = actions.float().cpu().numpy()
         return {**request, "normed": normed[0], "actions": actions, "seconds": time.perf_counter() - t0}

@@ -226,3 +226,14 @@ class FlowMatching(Objective):
 
     def sampling_schedule(self, steps: int, shift: float | None = None) -> SamplingSchedule:
         return flow_sampling_schedule(steps, self.sampling_shift if shift is None else shift, self.time_scale)
+
+
+def make_objective(cfg: dict[str, Any]) -> Objective:
+    """``{"type": "ddpm" | "flow", ...constructor keywords}`` -> objective (the ``objective`` section of a config)."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind == "ddpm":
+        return DDPM(**cfg)
+    if kind == "flow":
+        return FlowMatching(**cfg)
+    raise ValueError(f"objective type must be 'ddpm' or 'flow', got {kind!r}")

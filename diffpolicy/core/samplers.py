@@ -124,6 +124,24 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+# Samplers whose loop draws no random numbers: deterministic given the initial noise (and CUDA-graph capturable).
+DETERMINISTIC_SAMPLERS = frozenset({"ddim", "euler", "heun", "dpmpp_2m"})
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler function called ``name``, or a ``ValueError`` listing the names."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def check_steps(steps: int) -> int:
+    """``steps`` if it is a positive int, else a ``ValueError``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    return steps
+
+
 def sample(objective: Objective, net: Net, noise: torch.Tensor, cond: Any = None, sampler: str = "ddim",
            steps: int = 10, *, guidance: float = 0.0, null_cond: Any = None, mask=None, known=None,
            generator: torch.Generator | None = None, schedule: SamplingSchedule | None = None,
@@ -133,8 +151,7 @@ def sample(objective: Objective, net: Net, noise: torch.Tensor, cond: Any = None
     ``schedule`` defaults to ``objective.sampling_schedule(steps)``; ``guidance``/``null_cond`` enable
     classifier-free guidance; ``mask``/``known`` inpaint; extra keywords go to the sampler (e.g. ``eta``).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
-    schedule = schedule if schedule is not None else objective.sampling_schedule(steps)
+    fn = get_sampler(sampler)
+    schedule = schedule if schedule is not None else objective.sampling_schedule(check_steps(steps))
     denoise = objective.denoiser(net, cond, null_cond=null_cond, guidance=guidance)
-    return SAMPLERS[sampler](denoise, noise, schedule, generator=generator, mask=mask, known=known, **sampler_kwargs)
+    return fn(denoise, noise, schedule, generator=generator, mask=mask, known=known, **sampler_kwargs)

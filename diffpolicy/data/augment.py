@@ -1,15 +1,15 @@
-"""Image windows: crop (random at train time, centred at eval) fused into the gather, then float (C, H, W) in [0, 1].
+"""Image windows: crop (random at train time, centred at eval) fused into the gather; :mod:`~diffpolicy.data.obs`
+then makes them float ``(C, H, W)`` in [0, 1].
 
 Stored images are channel-last ``(N, H, W, C)``, ``uint8`` (or float in [0, 255], as in Diffusion Policy's Push-T
 store). Cropping while gathering reads only the kept pixels, and one crop offset is shared by the ``To`` frames
-of a window so the observation history stays spatially consistent (the policy applies :func:`center_crop` to
-run-time observations, matching eval).
+of a window so the observation history stays spatially consistent (run-time observations get
+:func:`~diffpolicy.data.obs.center_crop`, matching eval).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from diffpolicy.data.cache import ChunkCachedArray
@@ -41,23 +41,3 @@ def gather_cropped(images: np.ndarray | ChunkCachedArray, rows: np.ndarray, out_
     frames = images.take(rows)  # (B, To, H, W, C): whole frames from cached chunks, then crop
     view = sliding_window_view(frames, (ch, cw), axis=(2, 3))
     return view[np.arange(len(rows))[:, None], np.arange(rows.shape[1])[None, :], top, left]
-
-
-def to_float(images_chw: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Channel-first ``uint8`` (or float in [0, 255]) images -> float32 in [0, 1], same shape."""
-    return torch.as_tensor(images_chw).to(torch.float32).div_(255.0)
-
-
-def to_float_chw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``(..., H, W, C)`` uint8 or float in [0, 255] -> float32 ``(..., C, H, W)`` in [0, 1] (e.g. env frames)."""
-    return to_float(torch.as_tensor(images).movedim(-1, -3).contiguous())
-
-
-def center_crop(images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Centre crop of ``(..., C, H, W)`` images: the eval-time transform, for run-time observations too."""
-    h, w = images.shape[-2:]
-    ch, cw = out_hw
-    if ch > h or cw > w:
-        raise ValueError(f"crop {tuple(out_hw)} is larger than the image {(h, w)}")
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return images[..., top:top + ch, left:left + cw]

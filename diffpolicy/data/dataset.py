@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from diffpolicy.core.normalize import Normalizer
-from diffpolicy.data.augment import crop_offsets, gather_cropped, to_float, to_float_chw
+from diffpolicy.data.augment import crop_offsets, gather_cropped
+from diffpolicy.data.obs import to_float, to_float_chw
 from diffpolicy.data.cache import DEFAULT_CACHE_BYTES, DEFAULT_MEMORY_BUDGET, ChunkCachedArray, load_arrays
 from diffpolicy.data.errors import DatasetError
 from diffpolicy.data.replay_buffer import ReplayBuffer, is_image_shape

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.augment import center_crop, to_float_chw
+from ..data.obs import ObsAdapter
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -29,43 +29,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-class ObsAdapter:
-    """Env ``Dict`` observations -> policy tensors ``{key: (B, To, ...)}`` (images cropped, float in [0, 1])."""
-
-    def __init__(self, obs_keys: Sequence[str], image_keys: Sequence[str], crop_shape: Sequence[int] | None):
-        self.obs_keys, self.image_keys = list(obs_keys), set(image_keys)
-        self.crop = tuple(crop_shape) if crop_shape else None
-
-    def step_obs(self, obs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        out = {}
-        for k in self.obs_keys:
-            if k not in obs:
-                raise KeyError(f"the environment's observation has no key {k!r} (has {sorted(obs)}); the policy "
-                               f"was trained on {self.obs_keys}")
-            if k in self.image_keys:
-                img = to_float_chw(np.asarray(obs[k]))
-                out[k] = center_crop(img, self.crop) if self.crop else img
-            else:
-                out[k] = torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32)
-        return out
-
-    @staticmethod
-    def stack(histories: Sequence[deque]) -> dict[str, torch.Tensor]:
-        keys = histories[0][0].keys()
-        return {k: torch.stack([torch.stack([h[k] for h in hist]) for hist in histories]) for k in keys}
-
-
 def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Sequence[str], image_keys: Sequence[str],
              crop_shape=None, n_episodes: int = 50, seed: int = 100_000, n_envs: int = 8, video_episodes: int = 0,
-             video_dir: str | Path | None = None, device="cpu", progress: bool = True, **predict_kwargs) -> dict:
+             video_dir: str | Path | None = None, device="cpu", progress: bool = True, plan=None,
+             **plan_kwargs) -> dict:
     """Success rate (95% CI), rewards and per-episode records of ``policy`` over ``n_episodes`` seeded episodes.
 
+    ``plan`` (or the keywords of ``policy.sampling_plan``: ``sampler``, ``steps``, ``shift``, ``spacing``) chooses
+    the sampling; it is built, and so checked, before any env is made.
     Episode ``i`` resets with seed ``seed + i``; the policy's sampling noise comes from one generator seeded with
     ``seed``, so a run is reproducible for a given ``n_envs`` (which sets the batching). The first
     ``video_episodes`` episodes are saved as mp4.
     """
     import diffpolicy.envs  # noqa: F401  (registers our tasks)
 
+    if plan is None:
+        plan = policy.sampling_plan(**plan_kwargs)
     adapter = ObsAdapter(obs_keys, image_keys, crop_shape)
     To = policy.n_obs_steps
     n_envs = max(1, min(n_envs, n_episodes))
@@ -86,7 +65,7 @@ def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Seque
         obs, _ = envs[i].reset(seed=seed + ep)
         first = adapter.step_obs(obs)
         slots[i] = {"ep": ep, "hist": deque([first] * To, maxlen=To), "queue": deque(), "rewards": [],
-                    "success": False, "info": {},
+                    "success": False, "info": {}, "chunks": 0,
                     "frames": [envs[i].render()] if ep < video_episodes else None}
 
     for i in range(n_envs):
@@ -95,9 +74,10 @@ def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Seque
         need = [i for i, s in enumerate(slots) if s is not None and not s["queue"]]
         if need:
             obs = {k: v.to(device) for k, v in adapter.stack([slots[i]["hist"] for i in need]).items()}
-            actions = policy.predict_action(obs, generator=gen, **predict_kwargs)["action"]
+            actions = policy.predict_action(obs, generator=gen, plan=plan)["action"]
             for row, i in enumerate(need):
                 slots[i]["queue"].extend(actions[row].float().cpu().numpy())
+                slots[i]["chunks"] += 1
         for i, s in enumerate(slots):
             if s is None:
                 continue
@@ -122,7 +102,8 @@ def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Seque
 
 def _record(slot: dict, seed: int) -> dict:
     rec = {"episode": slot["ep"], "seed": seed + slot["ep"], "success": slot["success"],
-           "max_reward": max(slot["rewards"]), "final_reward": slot["rewards"][-1], "length": len(slot["rewards"])}
+           "max_reward": max(slot["rewards"]), "final_reward": slot["rewards"][-1], "length": len(slot["rewards"]),
+           "chunks": slot["chunks"]}
     if "solution" in slot["info"]:
         rec["solution"] = slot["info"]["solution"]
     return rec

@@ -21,10 +21,9 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from ..core.objectives import Objective
-from ..core.samplers import SAMPLERS, sample
-from ..policy.factory import make_objective
-from ..training.checkpoint import load_config, load_tensors, resolve_checkpoint
+from ..core.objectives import Objective, make_objective
+from ..core.samplers import check_steps, get_sampler, sample
+from ..policy.checkpoint import load_config, load_tensors, resolve_checkpoint
 
 
 class ClassConditionalUNet(nn.Module):
@@ -107,10 +106,7 @@ class ImageGenerator(nn.Module):
 
         Initial noise and any sampler noise come from ``generator``, so a seed fixes the samples.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        get_sampler(sampler), check_steps(steps)  # fail before any work
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0 (0 = conditional model without guidance), got {guidance}")
         self.check_labels(labels)

@@ -4,6 +4,9 @@ Residual blocks of (Conv1d, GroupNorm, Mish) x 2, each modulated by FiLM (per-ch
 ``Mish([time_embedding, global_cond])``. All blocks' FiLM projections are one fused ``Linear`` (``self.film``), and
 it splits into a time part and a condition part, so a sampler can compute the condition part once per chunk
 (:meth:`ConditionalUnet1D.conditioned`) and pay only the small time part at each step.
+
+This is the plain model: ``nn.Conv1d`` on ``(B, C, T)``. :func:`diffpolicy.accel.accelerate` swaps in CPU
+convolution paths and a channels-last trunk layout (same parameters, same outputs within float32 tolerance).
 """
 
 from __future__ import annotations
@@ -14,23 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv1d import GEMM_CONV_MAX_ROWS, Conv1d, ConvTranspose1d
 from .embeddings import TimeEmbedding
 
 
-# On CPU, large inputs of U-Nets no wider than this run the trunk on (B, C, 1, T) tensors in channels_last memory
-# format, where oneDNN's convolutions and GroupNorm skip layout reorders. Float32 training step on the same EPYC, one
-# thread: 1.16x faster at (64,128,256), 1.32x at (32,64,128); but 0.94x at (256,512,1024); bf16 autocast: no change.
-CHANNELS_LAST_MAX_WIDTH = 256
-
-
 class ConvBlock(nn.Sequential):
-    """Conv1d -> GroupNorm -> Mish on ``(B, C, T)`` or ``(B, C, 1, T)``; 'same' padding."""
+    """Conv1d -> GroupNorm -> Mish on ``(B, C, T)``; 'same' padding."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, groups: int):
         if c_out % groups:
             raise ValueError(f"GroupNorm: {c_out} channels are not divisible into {groups} groups")
-        super().__init__(Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(groups, c_out),
+        super().__init__(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(groups, c_out),
                          nn.Mish())
 
 
@@ -41,11 +37,12 @@ class FiLMResBlock(nn.Module):
         super().__init__()
         self.conv1 = ConvBlock(c_in, c_out, kernel_size, groups)
         self.conv2 = ConvBlock(c_out, c_out, kernel_size, groups)
-        self.skip = Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         self.film_dim = 2 * c_out
 
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, C_in, T)`` or ``(B, C_in, 1, T)``, ``film`` ``(B, 2 C_out)`` -> ``x``'s layout, ``C_out``."""
+        """``x`` ``(B, C_in, T)``, ``film`` ``(B, 2 C_out)`` -> ``(B, C_out, T)``."""
+        # (B, 2 C) -> (B, 2 C, 1, ...): broadcast over x's position axes (one, or two in an accelerated trunk layout)
         scale, bias = film.view(*film.shape, *(1,) * (x.ndim - 2)).chunk(2, dim=1)
         return self.conv2(torch.addcmul(bias, scale, self.conv1(x))) + self.skip(x)
 
@@ -59,16 +56,13 @@ class ConditionalUnet1D(nn.Module):
         local_cond_dim: per-timestep condition ``(B, T, local_cond_dim)`` added at full resolution (0 for none).
         down_dims: channel widths per level; the horizon must be divisible by ``2 ** (len(down_dims) - 1)``.
         time_embed_dim: size of the diffusion-time embedding.
-        channels_last: run the trunk on ``(B, C, 1, T)`` channels_last tensors for large CPU inputs (training
-            batches); ``None``: when no level is wider than ``CHANNELS_LAST_MAX_WIDTH``. Outputs are the same.
     """
 
     def __init__(self, action_dim: int, global_cond_dim: int = 0, local_cond_dim: int = 0,
                  down_dims: Sequence[int] = (256, 512, 1024), kernel_size: int = 5, n_groups: int = 8,
-                 time_embed_dim: int = 256, channels_last: bool | None = None):
+                 time_embed_dim: int = 256):
         super().__init__()
         down_dims = list(down_dims)
-        self.channels_last = max(down_dims) <= CHANNELS_LAST_MAX_WIDTH if channels_last is None else channels_last
         self.levels = len(down_dims)
         self.global_cond_dim, self.local_cond_dim = global_cond_dim, local_cond_dim
         self.time_embed = TimeEmbedding(time_embed_dim)
@@ -80,14 +74,14 @@ class ConditionalUnet1D(nn.Module):
         for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
             last = level == self.levels - 1
             self.down.append(nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
-                                            nn.Identity() if last else Conv1d(c_out, c_out, 3, 2, 1)]))
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(list(zip(down_dims[:-1], down_dims[1:]))):
             self.up.append(nn.ModuleList([block(c_out * 2, c_in), block(c_in, c_in),
-                                          ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
+                                          nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
         self.final = nn.Sequential(ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
-                                   Conv1d(down_dims[0], action_dim, 1))
+                                   nn.Conv1d(down_dims[0], action_dim, 1))
         self.local = (nn.Sequential(nn.Linear(local_cond_dim, down_dims[0]), nn.Mish(),
                                     nn.Linear(down_dims[0], down_dims[0])) if local_cond_dim else None)
         self._blocks = [m for m in self.modules() if isinstance(m, FiLMResBlock)]
@@ -134,19 +128,15 @@ class ConditionalUnet1D(nn.Module):
         return self.forward_film(x, F.linear(emb, self.film.weight, self.film.bias), local_cond)
 
     def forward_film(self, x: torch.Tensor, film: torch.Tensor, local_cond: torch.Tensor | None = None):
-        """The trunk, given precomputed FiLM parameters ``(B, F)``."""
+        """The trunk, given precomputed FiLM parameters ``(B, F)``: ``x`` ``(B, T, D)`` -> ``(B, T, D)``."""
         self.check_horizon(x.shape[1])
-        films = film.split([b.film_dim for b in self._blocks], dim=1)
-        it = iter(films)
-        h = x.transpose(1, 2)
-        if self.channels_last and x.device.type == "cpu" and x.shape[0] * x.shape[1] > GEMM_CONV_MAX_ROWS:
-            h = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        it = iter(film.split([b.film_dim for b in self._blocks], dim=1))
+        h = self.to_trunk(x)
         local = None
         if self.local is not None:
             if local_cond is None:
                 raise ValueError(f"this U-Net expects local_cond of shape (B, {x.shape[1]}, {self.local_cond_dim})")
-            local = self.local(local_cond).transpose(1, 2)
-            local = local.unsqueeze(2) if h.ndim == 4 else local
+            local = self.to_trunk(self.local(local_cond))
         skips = []
         for level, (b1, b2, down) in enumerate(self.down):
             h = b1(h, next(it))
@@ -160,48 +150,33 @@ class ConditionalUnet1D(nn.Module):
         for b1, b2, upsample in self.up:
             h = b1(torch.cat([h, skips.pop()], dim=1), next(it))
             h = upsample(b2(h, next(it)))
-        out = self.final(h)
-        return (out.squeeze(2) if out.ndim == 4 else out).transpose(1, 2)
+        return self.from_trunk(self.final(h))
 
-    def time_table(self, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(unique times (N,), their FiLM time parts (N, F))`` for a schedule's model times ``(N,)``."""
-        if times.ndim != 1:
-            raise ValueError(f"times: expected the (N,) model times of a schedule, got shape {tuple(times.shape)}")
-        w = self.film.weight
-        unique = torch.unique(times.to(device=w.device, dtype=w.dtype))  # a repeat would add its row twice
-        return unique, self.time_film(unique)
+    def to_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C)`` -> the trunk's layout, ``(B, C, T)``."""
+        return x.transpose(1, 2)
+
+    def from_trunk(self, h: torch.Tensor) -> torch.Tensor:
+        """The trunk's layout -> ``(B, T, C)``."""
+        return h.transpose(1, 2)
 
     def conditioned(self, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None,
-                    times: torch.Tensor | None = None):
-        """A ``net(x, t, cond)`` callable for samplers with the condition's FiLM part computed once.
+                    time_film=None) -> "ConditionedUnet":
+        """A ``net(x, t)`` callable for samplers with the condition's FiLM part computed once per chunk.
 
-        ``times`` ``(N,)``: the model times the sampler will visit (a schedule's ``model_time[:-1]``). Their FiLM
-        time parts are then computed in one batched call instead of one per step, and each step picks its row by
-        exact match of ``t`` (a one-hot product, so no host sync); a ``t`` outside ``times`` is an error.
+        ``time_film``: a replacement for :meth:`time_film`, ``(B,)`` -> ``(B, F)`` (e.g. a policy's table of the
+        sampling grid's time parts, :class:`~diffpolicy.policy.sampling.TimeTable`).
         """
-        return ConditionedUnet(self, global_cond, local_cond, times)
+        return ConditionedUnet(self, global_cond, local_cond, time_film)
 
 
 class ConditionedUnet:
     """The per-chunk view of a :class:`ConditionalUnet1D`; see :meth:`ConditionalUnet1D.conditioned`."""
 
-    def __init__(self, net: ConditionalUnet1D, global_cond, local_cond, times=None, time_table=None, trunk=None):
-        """``time_table``: a cached ``net.time_table(times)`` pair instead of ``times``; ``trunk``: a replacement
-        for ``net.forward_film`` with its signature (e.g. a compiled one)."""
+    def __init__(self, net: ConditionalUnet1D, global_cond, local_cond=None, time_film=None):
         self.net, self.global_cond, self.local_cond = net, global_cond, local_cond
-        self.trunk = trunk or net.forward_film
+        self.time_film = time_film or net.time_film
         self.cond_part = None
-        self.times, self.time_table = time_table if time_table is not None else (None, None)
-        if times is not None:
-            self.times, self.time_table = net.time_table(times)
-
-    def time_part(self, t: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` -> ``(B, F)``, from the table when one was precomputed."""
-        if self.time_table is None:
-            return self.net.time_film(t)
-        hit = t[:, None] == self.times[None].to(t.dtype)
-        torch._assert_async(hit.any(1).all(), "conditioned(times=...): the sampler asked for a time not in times")
-        return hit.to(self.time_table.dtype) @ self.time_table
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         if cond is not None:  # e.g. classifier-free guidance's doubled batch: it would be silently ignored
@@ -210,4 +185,5 @@ class ConditionedUnet:
                              "batch) sample with the network itself")
         if self.cond_part is None:
             self.cond_part = self.net.cond_film(self.global_cond, x.shape[0])
-        return self.trunk(x, self.cond_part + self.time_part(t), self.local_cond)
+        # net.forward_film looked up at each call: an accelerated or compiled trunk takes effect at once
+        return self.net.forward_film(x, self.cond_part + self.time_film(t), self.local_cond)

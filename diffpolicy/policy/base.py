@@ -38,12 +38,6 @@ class Policy(nn.Module):
                              f"the predicted chunk")
         self.n_action_steps = n_action_steps
 
-    def set_sampling_shift(self, shift: float) -> None:
-        raise ValueError(f"shift={shift} sets a flow-matching policy's time grid; {type(self).__name__} has none")
-
-    def set_sampling_spacing(self, spacing: str) -> None:
-        raise ValueError(f"spacing={spacing} sets a DDPM policy's timesteps; {type(self).__name__} has none")
-
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalise low-dim keys and encode everything: ``{key: (B, To, ...)}`` -> ``(B, To * F)``."""
         normed = {k: (v if k in self.encoder.image_keys else self.normalizer.normalize(k, v)) for k, v in obs.items()
@@ -63,14 +57,33 @@ class Policy(nn.Module):
              noise: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_chunk(self, cond: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
-        """Normalised action chunk ``(B, T, Da)`` for a condition ``(B, To * F)``."""
+    # -- sampling ---------------------------------------------------------------------------------------------------
+    supports_inpainting = False  # whether sample_chunk can hold chunk entries fixed (mask/known)
+
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None, shift: float | None = None,
+                      spacing: str | None = None, time_table: bool = False):
+        """A sampling plan (:mod:`~diffpolicy.policy.sampling`); a regression policy has none (None), and sampler
+        and step count do not apply to it."""
+        if shift is not None:
+            raise ValueError(f"shift={shift} sets a flow-matching policy's time grid; {type(self).__name__} has none")
+        if spacing is not None:
+            raise ValueError(f"spacing={spacing} sets a DDPM policy's timesteps; {type(self).__name__} has none")
+        return None
+
+    def sample_chunk(self, cond: torch.Tensor, plan=None, noise: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                     known: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised action chunk ``(B, T, Da)`` for a condition ``(B, To * F)``: the one sampling entry."""
         raise NotImplementedError
 
     @torch.inference_mode()
     def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
-                       **kwargs) -> dict[str, torch.Tensor]:
-        """``{"action": (B, Na, Da), "action_pred": (B, T, Da)}`` in dataset units; ``kwargs`` go to the sampler."""
-        chunk = self.normalizer.unnormalize(self.action_key, self.predict_chunk(self.encode(obs), generator, **kwargs))
+                       plan=None, **plan_kwargs) -> dict[str, torch.Tensor]:
+        """``{"action": (B, Na, Da), "action_pred": (B, T, Da)}`` in dataset units. ``plan`` (or the keywords of
+        :meth:`sampling_plan`: ``sampler``, ``steps``, ``shift``, ``spacing``) chooses the sampling."""
+        if plan is None:
+            plan = self.sampling_plan(**plan_kwargs)
+        chunk = self.normalizer.unnormalize(self.action_key, self.sample_chunk(self.encode(obs), plan,
+                                                                               generator=generator))
         start = self.n_obs_steps - 1
         return {"action": chunk[:, start: start + self.n_action_steps], "action_pred": chunk}

@@ -1,7 +1,8 @@
 """Diffusion / flow-matching policy: observation encoder + conditional 1D U-Net + objective.
 
-The sampler and its step count are chosen at prediction time (``predict_action(obs, sampler="ddim", steps=4)``),
-not stored in the weights.
+The sampler, its step count and time grid are chosen at prediction time, as a sampling plan
+(``policy.sampling_plan("euler", 4)``, :mod:`~diffpolicy.policy.sampling`); the config's ``sampler``/``steps`` and
+the objective's grid settings are the defaults. :meth:`DiffusionPolicy.sample_chunk` is the one sampling entry.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import torch
 
 from ..core.objectives import Objective
-from ..core.samplers import sample
-from ..core.schedules import SPACINGS
 from ..nets.unet1d import ConditionalUnet1D
 from .base import Policy
+from .sampling import SamplingPlan, TimeTable, make_plan
 
 
 class DiffusionPolicy(Policy):
+    supports_inpainting = True
+
     def __init__(self, normalizer, encoder, objective: Objective, net: ConditionalUnet1D, action_dim: int,
                  horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8, sampler: str = "ddim",
                  steps: int = 16, action_key: str = "action"):
@@ -24,37 +26,27 @@ class DiffusionPolicy(Policy):
         self.objective, self.net = objective, net
         self.sampler, self.steps = sampler, steps
 
-    def set_sampling_shift(self, shift: float) -> None:
-        """Shift a flow policy's sampling time grid (``< 1``: more steps near the data end); DDPM has none."""
-        if not hasattr(self.objective, "sampling_shift"):
-            raise ValueError(f"shift={shift} sets a flow-matching policy's time grid; this policy's objective is "
-                             f"{type(self.objective).__name__}")
-        if shift <= 0:
-            raise ValueError(f"flow sampling shift must be > 0, got {shift}")
-        self.objective.sampling_shift = float(shift)
-
-    def set_sampling_spacing(self, spacing: str) -> None:
-        """Choose a DDPM policy's timestep spacing (``leading``, ``trailing``, ``linspace``); flow has none."""
-        if not hasattr(self.objective, "spacing"):
-            raise ValueError(f"spacing={spacing} sets a DDPM policy's timesteps; this policy's objective is "
-                             f"{type(self.objective).__name__}")
-        if spacing not in SPACINGS:
-            raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
-        self.objective.spacing = spacing
-
     def loss(self, cond, action, generator, noise=None):
         return self.objective.loss(self.net, action, cond, generator=generator, noise=noise)
 
-    def predict_chunk(self, cond, generator=None, sampler: str | None = None, steps: int | None = None,
-                      mask: torch.Tensor | None = None, known: torch.Tensor | None = None,
-                      noise: torch.Tensor | None = None, **sampler_kwargs):
-        """Sample a normalised chunk ``(B, T, Da)`` from ``noise`` (drawn from ``generator`` if None);
-        ``mask``/``known`` (normalised units) hold entries fixed."""
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None, shift: float | None = None,
+                      spacing: str | None = None, time_table: bool = False) -> SamplingPlan:
+        """The validated plan for ``sampler``/``steps`` (defaults: the config's) on the objective's time grid, moved
+        by ``shift`` (flow) or ``spacing`` (DDPM) if given. ``time_table=True`` precomputes the FiLM time parts of
+        the grid with the current weights (for a controller whose weights no longer change)."""
+        return make_plan(self.objective, self.net, sampler or self.sampler, self.steps if steps is None else steps,
+                         shift, spacing, time_table)
+
+    def sample_chunk(self, cond: torch.Tensor, plan: SamplingPlan | None = None, noise: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                     known: torch.Tensor | None = None) -> torch.Tensor:
+        """A normalised chunk ``(B, T, Da)`` for a condition ``(B, C)``, from ``noise`` ``(B, T, Da)`` (drawn from
+        ``generator`` if None); ``mask``/``known`` ``(B, T, Da)`` (normalised units) hold entries fixed."""
+        plan = plan or self.sampling_plan()
         if noise is None:
             noise = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator,
                                 device=cond.device, dtype=cond.dtype)
-        schedule = self.objective.sampling_schedule(steps or self.steps)
-        # The condition's FiLM part once per chunk, the time parts of all steps in one batched call.
-        net = self.net.conditioned(cond, times=schedule.model_time[:-1])
-        return sample(self.objective, net, noise, None, sampler=sampler or self.sampler, schedule=schedule,
-                      mask=mask, known=known, generator=generator, **sampler_kwargs)
+        # The condition's FiLM part once per chunk; the time parts of all steps in one batched call (or cached).
+        table = plan.time_table or TimeTable(self.net, plan.schedule.model_time[:-1])
+        denoise = self.objective.denoiser(self.net.conditioned(cond, time_film=table))
+        return plan.fn(denoise, noise, plan.schedule, generator=generator, mask=mask, known=known)

@@ -8,24 +8,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..core.normalize import Normalizer
-from ..core.objectives import DDPM, FlowMatching, Objective
+from ..core.objectives import make_objective
 from ..nets.encoders import ObservationEncoder
 from ..nets.unet1d import ConditionalUnet1D
-from ..training.checkpoint import load_config, load_tensors, resolve_checkpoint
 from .base import Policy
+from .checkpoint import load_config, load_tensors, resolve_checkpoint
 from .diffusion import DiffusionPolicy
 from .mlp_bc import MLPBCPolicy
-
-
-def make_objective(cfg: Mapping[str, Any]) -> Objective:
-    """``{"type": "ddpm" | "flow", ...constructor keywords}`` -> objective."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", None)
-    if kind == "ddpm":
-        return DDPM(**cfg)
-    if kind == "flow":
-        return FlowMatching(**cfg)
-    raise ValueError(f"objective type must be 'ddpm' or 'flow', got {kind!r}")
 
 
 def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Mapping[str, Sequence[int]],
@@ -42,8 +31,7 @@ def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Map
     if cfg["type"] == "diffusion":
         u = cfg.get("unet", {})
         net = ConditionalUnet1D(action_dim, encoder.out_dim, 0, u.get("down_dims", (256, 512, 1024)),
-                                u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256),
-                                u.get("channels_last"))
+                                u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256))
         return DiffusionPolicy(normalizer, encoder, make_objective(cfg["objective"]), net, sampler=cfg["sampler"],
                                steps=cfg["steps"], **geometry)
     if cfg["type"] == "mlp_bc":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from .base import Policy
@@ -23,6 +22,9 @@ class MLPBCPolicy(Policy):
     def loss(self, cond, action, generator):
         return (self.mlp(cond).reshape(action.shape) - action).pow(2).mean()
 
-    def predict_chunk(self, cond, generator=None, **_ignored):
-        """Deterministic regression; sampler options do not apply and are ignored."""
+    def sample_chunk(self, cond, plan=None, noise=None, generator=None, mask=None, known=None):
+        """Deterministic regression: no plan, noise or generator applies; holding entries fixed is refused."""
+        if mask is not None:
+            raise ValueError("MLPBCPolicy cannot hold chunk entries fixed (no inpainting sampler); real-time "
+                             "chunking needs a diffusion/flow policy")
         return self.mlp(cond).reshape(cond.shape[0], self.horizon, self.action_dim)

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.ema import EMA
-from .checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
+from ..policy.checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
 
 
 @dataclass

@@ -21,12 +21,14 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import WindowDataset
 from ..policy.diffusion import DiffusionPolicy
+from ..policy.sampling import SamplingPlan
 
 
 @torch.inference_mode()
-def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, copies: int = 2, sampler: str = "euler",
-                   steps: int = 16, batch_size: int = 512, seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Teacher samples for every window of ``data``, ``copies`` times each.
+def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, plan: SamplingPlan | None = None, copies: int = 2,
+                   batch_size: int = 512, seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    """Teacher samples for every window of ``data``, ``copies`` times each, sampled with ``plan`` (default: the
+    teacher's configured sampler and steps).
 
     Returns ``{"obs": {key: (N, To, ...)}, "action": (N, T, Da) dataset units, "noise": (N, T, Da)}`` with
     ``N = copies x len(data)``, on the CPU; everything is a function of ``seed``.
@@ -37,15 +39,16 @@ def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, copies: int = 
                          f"{getattr(getattr(teacher, 'objective', None), 'prediction', None)!r}")
     if copies < 1:
         raise ValueError(f"reflow copies must be >= 1, got {copies}")
+    plan = plan or teacher.sampling_plan()
     windows = np.tile(np.arange(len(data)), copies)
     g = torch.Generator().manual_seed(seed)
     out: dict = {"obs": {}, "action": [], "noise": []}
-    for start in tqdm(range(0, len(windows), batch_size), desc=f"reflow couplings ({sampler}-{steps})"):
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"reflow couplings ({plan.sampler}-{plan.steps})"):
         batch = data.sample_batch(windows[start: start + batch_size], seed=seed + start)
         obs = {k: v[:, : teacher.n_obs_steps] for k, v in batch["obs"].items()}
         noise = torch.randn(len(batch["action"]), teacher.horizon, teacher.action_dim, generator=g)
         cond = teacher.encode({k: v.to(device) for k, v in obs.items()})
-        chunk = teacher.predict_chunk(cond, sampler=sampler, steps=steps, noise=noise.to(device))
+        chunk = teacher.sample_chunk(cond, plan, noise=noise.to(device))
         out["action"].append(teacher.normalizer.unnormalize(teacher.action_key, chunk).cpu())
         out["noise"].append(noise)
         for k, v in obs.items():

@@ -1,11 +1,10 @@
-"""diffpolicy-train: from a zarr demo dataset to a trained, evaluated policy.
+"""A training run from its config (``diffpolicy-train``): dataset, policy, batches, the loop, evaluation.
 
-    diffpolicy-train task=pusht policy=unet_ddpm training=cpu
-    diffpolicy-train resume=true run_dir=runs/pusht/unet_ddpm_...   # continue an interrupted run
-    diffpolicy-train training=reflow reflow.teacher=runs/pusht/unet_flow_h8_...  # straighten a flow policy
-
-If the task's dataset is missing, it is collected first with the task's scripted expert. Outputs (checkpoints,
-tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
+``run(cfg)`` takes the composed config as a plain dict (``task``, ``policy``, ``training``, ``reflow``, ``run_dir``,
+``resume``, ``device``, ``accel``) and wires the pieces: the task's dataset (collected with its scripted expert when
+missing), the normaliser fitted on it, the policy (a reflow student copies its teacher), step batches, periodic
+validation loss and rollouts, the shared loop, and the final evaluation. Outputs (checkpoints, tensorboard logs,
+evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
 """
 
 from __future__ import annotations
@@ -15,24 +14,22 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from ..accel import accelerate
+from ..data.collect import collect_dataset
 from ..data.dataset import WindowDataset
+from ..eval.rollout import evaluate, save_summary
 from ..policy.factory import build_policy, load_policy
-from ..policy.rollout import evaluate, save_summary
-from ..training.batches import StepBatches
-from ..training.loop import TrainConfig, distributed_context, pick_device, train
-from ..training.reflow import CouplingBatches, make_couplings
+from .batches import StepBatches
+from .loop import TrainConfig, distributed_context, pick_device, train
+from .reflow import CouplingBatches, make_couplings
 
 
 def ensure_dataset(task: dict) -> str:
     """The task's dataset path, collecting it with the scripted expert when it does not exist yet."""
     path = Path(task["dataset"])
     if not path.exists():
-        from .collect import collect_dataset
-
         print(f"dataset {path} not found: collecting {task['n_demos']} demos of {task['env_id']} with its expert")
         collect_dataset(task, n_episodes=task["n_demos"], out=str(path))
     return str(path)
@@ -56,8 +53,6 @@ def run(cfg: dict) -> dict:
             raise ValueError(f"reflow teacher {reflow['teacher']} was trained on {tconfig['task']['env_id']!r}, "
                              f"not on this run's task {task['env_id']!r}")
         pcfg = tconfig["policy"]
-        if reflow.get("shift") is not None:
-            teacher.set_sampling_shift(reflow["shift"])
     geometry = dict(horizon=pcfg["horizon"], n_obs_steps=pcfg["n_obs_steps"], n_action_steps=pcfg["n_action_steps"])
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
@@ -70,6 +65,10 @@ def run(cfg: dict) -> dict:
     policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
     if teacher:
         policy.load_state_dict(teacher.state_dict())
+    if cfg.get("accel", True):  # CPU convolution paths and trunk layout: same outputs, faster steps (accel/)
+        accelerate(policy)
+        if teacher:
+            accelerate(teacher)
     config = {**cfg, "policy": pcfg, "task": {**task, "image_keys": list(data.image_keys)}, "shapes": shapes}
     eval_cfg = tcfg.pop("eval", {})
     num_workers = tcfg.pop("num_workers", 0)
@@ -80,8 +79,8 @@ def run(cfg: dict) -> dict:
               f"{len(data)} training windows")
 
     if teacher:
-        couplings = make_couplings(teacher, data, reflow.get("copies", 2), reflow.get("sampler", "euler"),
-                                   reflow.get("steps", 16), seed=train_cfg.seed, device=device)
+        plan = teacher.sampling_plan(reflow.get("sampler", "euler"), reflow.get("steps", 16), shift=reflow.get("shift"))
+        couplings = make_couplings(teacher, data, plan, reflow.get("copies", 2), seed=train_cfg.seed, device=device)
         del teacher
         batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
     else:
@@ -128,16 +127,3 @@ def run(cfg: dict) -> dict:
     save_summary(summary, out, f"{task['env_id']} {pcfg['name']} (step {train_cfg.steps})")
     print(f"wrote checkpoints, tensorboard logs and evaluation to {run_dir.resolve()}")
     return summary
-
-
-@hydra.main(config_path="pkg://diffpolicy.configs", config_name="train", version_base=None)
-def _main(cfg: DictConfig) -> None:
-    run(OmegaConf.to_container(cfg, resolve=True))
-
-
-def main() -> None:
-    _main()
-
-
-if __name__ == "__main__":
-    main()

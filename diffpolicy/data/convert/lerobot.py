@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def load_info(root: Path) -> dict[str, Any]:
         raise DatasetError(path, None, f"not valid JSON ({exc})") from exc
     for key in ("codebase_version", "fps", "features", "data_path"):
         if key not in info:
-            raise DatasetError(path, key, f"missing; info.json needs codebase_version, fps, features and data_path")
+            raise DatasetError(path, key, "missing; info.json needs codebase_version, fps, features and data_path")
     return info
 
 

@@ -1,0 +1,32 @@
+"""diffpolicy-train: from a zarr demo dataset to a trained, evaluated policy (:mod:`diffpolicy.training.run`).
+
+    diffpolicy-train task=pusht policy=unet_ddpm training=cpu
+    diffpolicy-train resume=true run_dir=runs/pusht/unet_ddpm_...   # continue an interrupted run
+    diffpolicy-train training=reflow reflow.teacher=runs/pusht/unet_flow_h8_...  # straighten a flow policy
+
+If the task's dataset is missing, it is collected first with the task's scripted expert. Outputs (checkpoints,
+tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end. The process
+opts in to :func:`diffpolicy.accel.tune_process`; ``accel=false`` trains the plain modules.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ..accel import tune_process
+from ..training.run import run
+
+
+@hydra.main(config_path="pkg://diffpolicy.configs", config_name="train", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    run(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    tune_process()  # before any tensor work: MKL reads its mode at its first call
+    _main()
+
+
+if __name__ == "__main__":
+    main()
