@@ -95,8 +95,7 @@ def harness(args) -> dict:
                                           num_threads=1, **MODES[mode])
         if args.shift is not None or args.spacing is not None:
             ctrl.set_sampling(shift=args.shift, spacing=args.spacing)
-        res = run_harness(ctrl, ctrl_task(args.checkpoint)["env_id"], ctrl_task(args.checkpoint)["env_kwargs"],
-                          args.rate, args.episodes, seed=args.seed)
+        res = run_harness(ctrl, ctrl_task(args.checkpoint), args.rate, args.episodes, seed=args.seed)
         ctrl.close()
         res.pop("episodes")
         res["warmup_ms"] = ctrl.warmup_seconds * 1e3

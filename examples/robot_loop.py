@@ -14,19 +14,18 @@ import argparse
 import json
 import time
 
-import gymnasium as gym
-
-import diffpolicy.envs  # noqa: F401  (registers the simulated tasks)
 from diffpolicy.control import Controller
 from diffpolicy.control.metrics import RingStats
+from diffpolicy.data.tasks import SuccessSignal, make_env
 from diffpolicy.policy.checkpoint import load_config, resolve_checkpoint
 
 
 class SimRobot:
-    """A gymnasium task behind a robot-like interface: ``read()`` and ``send(action)``; resets itself when done."""
+    """A task's gymnasium env (its imports and wrappers from the task config) behind a robot-like interface:
+    ``read()`` and ``send(action)``; resets itself when done, counting successes by the task's success signal."""
 
-    def __init__(self, env_id: str, env_kwargs: dict, seed: int = 0):
-        self.env, self.seed = gym.make(env_id, **env_kwargs), seed
+    def __init__(self, task: dict, seed: int = 0):
+        self.env, self.signal, self.seed = make_env(task), SuccessSignal.from_task(task), seed
         self.obs, _ = self.env.reset(seed=seed)
         self.episodes, self.successes, self._success = 0, 0, False
 
@@ -35,8 +34,8 @@ class SimRobot:
 
     def send(self, action) -> bool:
         """Apply ``action`` for one period; returns True when an episode ended (the robot was reset)."""
-        self.obs, _, term, trunc, info = self.env.step(action)
-        self._success |= bool(info.get("is_success", False))
+        self.obs, reward, term, trunc, info = self.env.step(action)
+        self._success |= self.signal.step(reward, term, trunc, info)
         if term or trunc:
             self.episodes += 1
             self.successes += self._success
@@ -67,7 +66,7 @@ def main() -> None:
                                       num_threads=1)
     print(f"loaded {args.checkpoint} on {ctrl.device}; warm-up chunk {ctrl.warmup_seconds * 1e3:.1f} ms; "
           f"{ctrl.mode} mode, smoothing {ctrl.smoothing}, {ctrl.sampler} x {ctrl.steps} steps, {args.hz:g} Hz")
-    robot = SimRobot(task["env_id"], task.get("env_kwargs", {}))
+    robot = SimRobot(task)
     period = 1.0 / args.hz
     loop, act_ms, inference_ms, misses, delays = RingStats(), RingStats(), RingStats(), 0, {}
 

@@ -92,8 +92,9 @@ def test_jump_jerk_and_boundary_stats():
 def test_tiny_checkpoint_in_the_mujoco_task_in_wall_clock_time(tiny_checkpoint, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     ctrl = Controller.from_checkpoint(ckpt, device="cpu", mode="async", smoothing="rtc", control_hz=50)
-    res = run_harness(ctrl, "diffpolicy/TwoPath-v0", {"obs_type": "dict"}, rate_hz=50, n_episodes=1,
-                      progress=False)
+    task = {"name": "two_path", "env_id": "diffpolicy/TwoPath-v0", "env_kwargs": {"obs_type": "dict"}}
+    res = run_harness(ctrl, task, rate_hz=50, n_episodes=1, progress=False)
+    assert res["success_signal"] == "info['is_success']"
     ep = res["episodes"][0]
     assert ep["length"] == ep["controller"]["steps"] + ep["late_steps"]
     assert ep["controller"]["chunks"] >= ep["controller"]["steps"] // 8

@@ -9,10 +9,13 @@ episodes only unless ``keep_failed=true``; prints the yield and where it wrote.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from diffpolicy.accel import tune_process
+from diffpolicy.cli.task_args import task_args
 from diffpolicy.data.collect import collect_dataset
 
 
@@ -24,6 +27,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = task_args(sys.argv[1:])  # task=/path/to/my_task.yaml, task.env_kwargs.<new key>=...
     tune_process()  # before any tensor work: MKL reads its mode at its first call
     _main()
 

@@ -42,8 +42,7 @@ def run(cfg: dict) -> dict:
         label += f"_exec{policy.n_action_steps}"
     out = Path(cfg["out"]) if cfg.get("out") else ckpt.parent.parent / "eval" / label
     print(f"evaluating {ckpt} on {task['env_id']} ({label}); writing to {out.resolve()}")
-    summary = evaluate(policy, task["env_id"], task.get("env_kwargs", {}), task["obs_keys"], task.get("image_keys", []),
-                       task.get("crop_shape"), n_episodes=cfg["n_episodes"], seed=cfg["seed"], n_envs=cfg["n_envs"],
+    summary = evaluate(policy, task, n_episodes=cfg["n_episodes"], seed=cfg["seed"], n_envs=cfg["n_envs"],
                        video_episodes=cfg["video_episodes"], video_dir=out / "videos", device=device, plan=plan)
     summary.update(checkpoint=str(ckpt), env_id=task["env_id"], policy=config["policy"]["name"],
                    n_action_steps=policy.n_action_steps)

@@ -11,11 +11,14 @@ opts in to :func:`diffpolicy.accel.tune_process`; ``accel=false`` trains the pla
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ..accel import tune_process
 from ..training.run import run
+from .task_args import task_args
 
 
 @hydra.main(config_path="pkg://diffpolicy.configs", config_name="train", version_base=None)
@@ -24,6 +27,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = task_args(sys.argv[1:])  # task=/path/to/my_task.yaml, task.env_kwargs.<new key>=...
     tune_process()  # before any tensor work: MKL reads its mode at its first call
     _main()
 

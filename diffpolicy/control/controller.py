@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from ..accel import accelerate, compile_trunk
-from ..data.obs import ObsAdapter
+from ..data.obs import ObsAdapter, ObsSpec
+from ..data.tasks import make_env
 from ..policy.base import Policy
 from .chunks import Chunk, ChunkBuffer
 from .metrics import RingStats
@@ -69,7 +70,7 @@ class Controller:
                  execute_steps: int | None = None, ensemble_decay: float = 0.01, rtc_window: int = 8,
                  action_space=None, period: float | None = None, seed: int = 0, accel: bool = False,
                  compile: bool = False, cuda_graph: bool | None = None, warm_up: bool = True,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, obs_spec: Mapping[str, Any] | None = None):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         if smoothing not in (None, "ensemble", "rtc"):
@@ -105,7 +106,7 @@ class Controller:
         # The sampling plan: replaced whole by set_sampling, read once per chunk launch (a reference swap, so the
         # background worker finishes an in-flight chunk with the plan it started with).
         self.plan = policy.sampling_plan(sampler, steps, time_table=True)
-        self.adapter = ObsAdapter(obs_keys, image_keys, crop_shape)
+        self.adapter = ObsAdapter(ObsSpec(obs_keys, obs_spec), image_keys, crop_shape, source="the robot")
         self.obs_keys, self.obs_shapes = list(obs_keys), obs_shapes
         self.buffer = ChunkBuffer("ensemble" if smoothing == "ensemble" else "latest", ensemble_decay)
         self.bounds = None if action_space is None else ActionBounds(action_space, policy.action_dim)
@@ -142,7 +143,8 @@ class Controller:
             action_space = _task_action_space(task)
         period = kwargs.pop("period", None) if control_hz is None else 1.0 / control_hz
         return cls(policy, task["obs_keys"], task.get("image_keys", []), task.get("crop_shape"),
-                   obs_shapes=config["shapes"]["obs"], action_space=action_space, period=period, **kwargs)
+                   obs_shapes=config["shapes"]["obs"], action_space=action_space, period=period,
+                   obs_spec=task.get("obs_spec"), **kwargs)
 
     def warm_up(self, repeats: int = 2) -> float:
         """Sample ``repeats`` chunks from a zero observation with the current sampler (and mask when RTC is on), so
@@ -255,14 +257,15 @@ class Controller:
         return action
 
     def _push_obs(self, obs: Mapping[str, np.ndarray], step: int) -> list[SafetyEvent]:
-        events = nonfinite_obs(obs, self.obs_keys, step)
+        raw = self.adapter.raw(obs)  # flat record of the keys the obs spec reads (missing ones are an error)
+        events = nonfinite_obs(raw, self.adapter.spec.raw_keys, step)
         if events:
             if self.history is None:
                 raise NonFiniteError(f"{events[0]}: but this is the episode's first observation, so there is no "
                                      "safe observation or action to hold")
             self.history.append(self.history[-1])  # keep the history aligned with time; never feed NaN to the net
             return events
-        x = {k: v.to(self.device) for k, v in self.adapter.step_obs(obs).items()}
+        x = {k: v.to(self.device) for k, v in self.adapter.step_obs(raw).items()}
         if self.history is None:
             self.history = deque([x] * self.To, maxlen=self.To)
         else:
@@ -385,12 +388,8 @@ class Controller:
 
 
 def _task_action_space(task: Mapping[str, Any]):
-    import gymnasium as gym
-
-    import diffpolicy.envs  # noqa: F401  (registers our tasks)
-
     try:
-        env = gym.make(task["env_id"], **task.get("env_kwargs", {}))
+        env = make_env(task)
     except Exception as e:
         raise ValueError(f"cannot read the action bounds from the task env {task['env_id']!r} ({e}); pass "
                          "action_space=(low, high) or action_space=None") from e

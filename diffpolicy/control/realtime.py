@@ -18,12 +18,16 @@ from typing import Any, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.tasks import SuccessSignal, make_env
 from .controller import Controller
 from .metrics import RingStats, boundary_stats
 
 
-def run_episode(env, controller: Controller, rate_hz: float, seed: int, max_steps: int | None = None) -> dict:
-    """One seeded episode in wall-clock time; returns success, rewards, timing and the executed actions."""
+def run_episode(env, controller: Controller, rate_hz: float, seed: int, max_steps: int | None = None,
+                success_signal: SuccessSignal | None = None) -> dict:
+    """One seeded episode in wall-clock time; returns success (per ``success_signal``, default
+    ``info['is_success']``), rewards, timing and the executed actions."""
+    signal = success_signal or SuccessSignal.from_config(None)
     period = 1.0 / rate_hz
     obs, _ = env.reset(seed=seed)
     controller.reset(seed)
@@ -46,7 +50,7 @@ def run_episode(env, controller: Controller, rate_hz: float, seed: int, max_step
             rewards.append(float(reward))
             executed.append(held)
             boundaries.append(False)
-            success |= bool(info.get("is_success", False))
+            success |= signal.step(reward, term, trunc, info)
             late_steps += 1
             if term or trunc:
                 done = True
@@ -58,7 +62,7 @@ def run_episode(env, controller: Controller, rate_hz: float, seed: int, max_step
         rewards.append(float(reward))
         executed.append(action)
         boundaries.append(bool(info_c.get("boundary", False)))
-        success |= bool(info.get("is_success", False))
+        success |= signal.step(reward, term, trunc, info)
         done = term or trunc
         next_deadline += (missed + 1) * period
         loop.add(time.perf_counter() - t_obs)
@@ -73,17 +77,14 @@ def run_episode(env, controller: Controller, rate_hz: float, seed: int, max_step
             "delay_steps": stats["delay_steps"], "inference_s": controller.infer_latency.values().tolist()}
 
 
-def run_harness(controller: Controller, env_id: str, env_kwargs: Mapping[str, Any], rate_hz: float,
-                n_episodes: int, seed: int = 100_000, progress: bool = True) -> dict:
-    """``n_episodes`` seeded episodes (episode ``i`` uses ``seed + i``); aggregate success and timing."""
-    import gymnasium as gym
-
-    import diffpolicy.envs  # noqa: F401  (registers our tasks)
-
-    env = gym.make(env_id, **env_kwargs)
+def run_harness(controller: Controller, task: Mapping[str, Any], rate_hz: float, n_episodes: int,
+                seed: int = 100_000, progress: bool = True) -> dict:
+    """``n_episodes`` seeded episodes of ``task`` (a task config; episode ``i`` uses ``seed + i``); aggregate success
+    (the task's success signal) and timing."""
+    env, signal = make_env(task), SuccessSignal.from_task(task)
     episodes = []
-    for i in tqdm(range(n_episodes), desc=f"realtime {env_id} @ {rate_hz:g} Hz", disable=not progress):
-        episodes.append(run_episode(env, controller, rate_hz, seed + i))
+    for i in tqdm(range(n_episodes), desc=f"realtime {task['env_id']} @ {rate_hz:g} Hz", disable=not progress):
+        episodes.append(run_episode(env, controller, rate_hz, seed + i, success_signal=signal))
     env.close()
     delays: dict[int, int] = {}
     for e in episodes:
@@ -91,7 +92,7 @@ def run_harness(controller: Controller, env_id: str, env_kwargs: Mapping[str, An
             delays[d] = delays.get(d, 0) + n
     inference = np.concatenate([e["inference_s"] for e in episodes]) * 1e3
     smooth = {k: float(np.nanmean([e["smoothness"][k] for e in episodes])) for k in episodes[0]["smoothness"]}
-    return {"n_episodes": n_episodes, "success_rate": float(np.mean([e["success"] for e in episodes])),
+    return {"n_episodes": n_episodes, "success_signal": signal.describe(), "success_rate": float(np.mean([e["success"] for e in episodes])),
             "mean_max_reward": float(np.mean([e["max_reward"] for e in episodes])),
             "late_steps_per_episode": float(np.mean([e["late_steps"] for e in episodes])),
             "late_step_fraction": sum(e["late_steps"] for e in episodes) / sum(e["length"] for e in episodes),

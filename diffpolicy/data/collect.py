@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from diffpolicy.data.replay_buffer import ReplayBuffer
 from diffpolicy.data.store import atomic_store
+from diffpolicy.data.tasks import DEFAULT_IMPORTS, SuccessSignal, flatten_obs, make_env
 
 DEFAULT_EXPERT = "diffpolicy.envs.experts:make_expert"
-DEFAULT_IMPORTS = ("diffpolicy.envs",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ class RolloutSpec:
     # DART-style noise: the env executes expert action + N(0, action_noise^2) (action units), the store records the
     # expert's clean action, so the demos also visit states just off the expert's path and show how it recovers.
     action_noise: float = 0.0
+    wrappers: Sequence[Mapping[str, Any]] = ()  # gymnasium wrappers applied to the env (diffpolicy.data.tasks)
+    success: Mapping[str, Any] | None = None  # the task's success signal (None: info["is_success"])
+    name: str = ""
+
+    def task(self) -> dict[str, Any]:
+        """The task-config form of the env part, for :func:`~diffpolicy.data.tasks.make_env`."""
+        return {"name": self.name, "env_id": self.env_id, "env_kwargs": dict(self.env_kwargs),
+                "imports": list(self.imports), "wrappers": list(self.wrappers), "success": self.success}
 
 
 @dataclass
@@ -65,12 +73,9 @@ class Roller:
     """One env + expert factory; :meth:`run` plays one seeded episode."""
 
     def __init__(self, spec: RolloutSpec):
-        import gymnasium as gym
-
-        for module in spec.imports:
-            importlib.import_module(module)
         self.spec = spec
-        self.env = gym.make(spec.env_id, **dict(spec.env_kwargs))
+        self.env = make_env(spec.task())
+        self.success = SuccessSignal.from_task(spec.task())
         self.make_expert = load_object(spec.expert)
 
     def run(self, index: int, seed: int) -> Episode:
@@ -79,21 +84,22 @@ class Roller:
         expert.reset()
         noise = np.random.default_rng([seed, 1])  # its own stream: the expert's draws do not depend on it
         steps: dict[str, list] = {}
+        success = False
         while True:
             action = np.asarray(expert.act(obs), dtype=np.float32)
-            frame = obs if isinstance(obs, Mapping) else {"state": obs}
-            for key, value in frame.items():
+            for key, value in flatten_obs(obs).items():  # a Box obs is stored as "state", nested keys as "a/b"
                 steps.setdefault(key, []).append(np.asarray(value))
             steps.setdefault("action", []).append(action)
             executed = action
             if self.spec.action_noise > 0:
                 executed = (action + noise.normal(0.0, self.spec.action_noise, action.shape)).astype(np.float32)
-            obs, _, terminated, truncated, info = self.env.step(executed)
+            obs, reward, terminated, truncated, info = self.env.step(executed)
+            success |= self.success.step(reward, terminated, truncated, info)
             if terminated or truncated:
                 break
         kept_info = {k: _plain(info.get(k)) for k in self.spec.record_info}
         hz = getattr(self.env.unwrapped, "control_hz", None)
-        return Episode(index, seed, bool(info.get("is_success", False)),
+        return Episode(index, seed, success,
                        {k: np.stack(v) for k, v in steps.items()}, kept_info, None if hz is None else float(hz))
 
     def close(self) -> None:
@@ -191,7 +197,9 @@ def spec_from_task(task: Mapping[str, Any]) -> RolloutSpec:
                        expert=task.get("expert") or DEFAULT_EXPERT,
                        imports=tuple(task.get("imports") or DEFAULT_IMPORTS),
                        record_info=tuple(task.get("record_info") or ()),
-                       action_noise=float(task.get("expert_action_noise") or 0.0))
+                       action_noise=float(task.get("expert_action_noise") or 0.0),
+                       wrappers=tuple(task.get("wrappers") or ()), success=task.get("success"),
+                       name=str(task.get("name") or ""))
 
 
 def collect_dataset(task: Mapping[str, Any], n_episodes: int, out: str, seed: int = 0, workers: int = 2,

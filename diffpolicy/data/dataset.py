@@ -17,7 +17,7 @@ import torch
 
 from diffpolicy.core.normalize import Normalizer
 from diffpolicy.data.augment import crop_offsets, gather_cropped
-from diffpolicy.data.obs import to_float, to_float_chw
+from diffpolicy.data.obs import ObsSpec, to_float, to_float_chw
 from diffpolicy.data.cache import DEFAULT_CACHE_BYTES, DEFAULT_MEMORY_BUDGET, ChunkCachedArray, load_arrays
 from diffpolicy.data.errors import DatasetError
 from diffpolicy.data.replay_buffer import ReplayBuffer, is_image_shape
@@ -30,8 +30,10 @@ class WindowDataset(torch.utils.data.Dataset):
 
     Args:
         source: store path or an open :class:`ReplayBuffer` (read only; never modified).
-        obs_keys: data keys fed to the policy as observations; image keys (``(N, H, W, C)``) come out as float
+        obs_keys: the policy's observation keys; image keys (``(N, H, W, C)``) come out as float
             ``(To, C, h, w)`` in [0, 1], other keys as float32 ``(To, *event)``.
+        obs_spec: how each observation key is made from the store's arrays (:class:`~diffpolicy.data.obs.ObsSpec`:
+            renames, components, angles as (sin, cos), scaling); keys without an entry are data keys of that name.
         action_key: data key of the actions ``(N, Da)``.
         horizon, n_obs_steps, n_action_steps: window geometry (padding per the Diffusion Policy convention).
         split: ``"train"`` (random crops) or ``"val"`` (centre crops).
@@ -44,19 +46,27 @@ class WindowDataset(torch.utils.data.Dataset):
                  horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8, split: str = "train",
                  val_ratio: float = 0.0, seed: int = 0, max_train_episodes: int | None = None,
                  crop_shape: Sequence[int] | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, obs_spec: Mapping | None = None):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.buffer = source if isinstance(source, ReplayBuffer) else ReplayBuffer.open(source)
         self.obs_keys, self.action_key = list(obs_keys), action_key
         if not self.obs_keys:
             raise ValueError("obs_keys is empty: a policy needs at least one observation key")
+        self.obs_spec = ObsSpec(self.obs_keys, obs_spec)
+        raw_keys = self.obs_spec.raw_keys
         shapes, dtypes = self.buffer.shapes, self.buffer.dtypes
-        self.buffer.require([*self.obs_keys, action_key])
+        self.buffer.require([*raw_keys, action_key])
         if len(shapes[action_key]) != 2 or dtypes[action_key].kind != "f":
             raise DatasetError(self.buffer.path, f"data/{action_key}", f"actions must be float (N, Da); got "
                                                                         f"{dtypes[action_key]} {shapes[action_key]}")
-        self.image_keys = [k for k in self.obs_keys if is_image_shape(shapes[k])]
+        try:
+            obs_shapes = self.obs_spec.shapes({k: shapes[k][1:] for k in raw_keys}, f"dataset {self.buffer.path}")
+        except ValueError as e:
+            raise DatasetError(self.buffer.path, "obs_spec", str(e)) from None
+        self.image_keys = [k for k in self.obs_keys if self.obs_spec.renamed(k) is not None
+                           and is_image_shape((0, *obs_shapes[k]))]
+        shapes = {**shapes, **{k: (shapes[action_key][0], *v) for k, v in obs_shapes.items()}}
         self.crop_shape = tuple(int(s) for s in crop_shape) if crop_shape is not None else None
         for k in self.image_keys:
             if self.crop_shape is not None and (self.crop_shape[0] > shapes[k][1] or self.crop_shape[1] > shapes[k][2]):
@@ -65,10 +75,15 @@ class WindowDataset(torch.utils.data.Dataset):
         self.spec = WindowSpec(horizon, n_obs_steps, n_action_steps)
         self.split, self.seed, self.val_ratio = split, seed, val_ratio
         self.train_mask, self.val_mask = split_episodes(self.buffer.n_episodes, val_ratio, seed, max_train_episodes)
-        arrays = load_arrays(self.buffer, [*self.obs_keys, action_key], memory_budget, cache_bytes)
+        raw = load_arrays(self.buffer, [*raw_keys, action_key], memory_budget, cache_bytes)
+        computed = [k for k in self.obs_keys if self.obs_spec.renamed(k) is None]
+        if computed:  # derived keys are computed once, whole, from their (low-dim, in-memory) raw arrays
+            raw = {**raw, **{k: np.asarray(a[:]) for k, a in raw.items() if isinstance(a, ChunkCachedArray)
+                             and any(p.key == k for c in computed for p in self.obs_spec.parts[c])}}
+        arrays = {**self.obs_spec.apply(raw), action_key: raw[action_key]}
         # Low-dim arrays become float32 once here, so every gather already yields the training dtype.
-        self.arrays = {k: (a if k in self.image_keys or isinstance(a, ChunkCachedArray) else a.astype(np.float32, copy=False))
-                       for k, a in arrays.items()}
+        self.arrays = {k: (a if k in self.image_keys or isinstance(a, ChunkCachedArray)
+                           else a.astype(np.float32, copy=False)) for k, a in arrays.items()}
         self._build_index()
 
     def _build_index(self) -> None:
@@ -133,7 +148,12 @@ class WindowDataset(torch.utils.data.Dataset):
         low-dim obs keys and the action key)."""
         keys = list(keys) if keys is not None else [*[k for k in self.obs_keys if k not in self.image_keys],
                                                     self.action_key]
-        return compute_stats(self.buffer, keys, progress=progress)
+        stored = [k for k in keys if k == self.action_key or self.obs_spec.renamed(k) == k]
+        stats = compute_stats(self.buffer, stored, progress=progress) if stored else {}
+        derived = [k for k in keys if k not in stored]  # renamed or computed: from the arrays built above
+        if derived:
+            stats.update(compute_stats({k: self.arrays[k] for k in derived}, derived))
+        return stats
 
     def normalizer(self, modes: Mapping[str, str], stats: Mapping | None = None) -> Normalizer:
         """A :class:`Normalizer` over ``modes`` (``{key: "minmax" | "gaussian" | "identity"}``)."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.obs import ObsAdapter
+from ..data.obs import ObsAdapter, ObsSpec
+from ..data.tasks import SuccessSignal, flat_obs_shapes, make_env
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -29,32 +29,47 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Sequence[str], image_keys: Sequence[str],
-             crop_shape=None, n_episodes: int = 50, seed: int = 100_000, n_envs: int = 8, video_episodes: int = 0,
-             video_dir: str | Path | None = None, device="cpu", progress: bool = True, plan=None,
-             **plan_kwargs) -> dict:
-    """Success rate (95% CI), rewards and per-episode records of ``policy`` over ``n_episodes`` seeded episodes.
+def check_env_obs(spec: ObsSpec, env, task: Mapping[str, Any], policy) -> None:
+    """The env's observation space gives every key the policy was trained on, in its shape; else a ``ValueError``
+    naming the key, the env and the dataset the policy was trained on."""
+    source = f"env {task['env_id']}"
+    got = spec.shapes({k: shape for k, (shape, _) in flat_obs_shapes(env.observation_space).items()}, source)
+    for k, shape in got.items():
+        want = policy.encoder.shapes.get(k)
+        if want is not None and k not in policy.encoder.image_keys and tuple(want) != tuple(shape):
+            raise ValueError(f"observation key {k!r}: {source} gives shape {tuple(shape)}, the policy was trained on "
+                             f"{tuple(want)} (dataset {task.get('dataset')})")
+
+
+def evaluate(policy, task: Mapping[str, Any], n_episodes: int = 50, seed: int = 100_000, n_envs: int = 8,
+             video_episodes: int = 0, video_dir: str | Path | None = None, device="cpu", progress: bool = True,
+             plan=None, **plan_kwargs) -> dict:
+    """Success rate (95% CI), rewards and per-episode records of ``policy`` over ``n_episodes`` seeded episodes of
+    ``task`` (a task config: env id and kwargs, observation keys and spec, image keys and crop, success signal).
 
     ``plan`` (or the keywords of ``policy.sampling_plan``: ``sampler``, ``steps``, ``shift``, ``spacing``) chooses
-    the sampling; it is built, and so checked, before any env is made.
+    the sampling; it is built, and so checked, before any env is made, and the env's observations are checked
+    against the policy's keys before the first episode. Success comes from the task's ``success`` signal
+    (:class:`~diffpolicy.data.tasks.SuccessSignal`), named in the summary.
     Episode ``i`` resets with seed ``seed + i``; the policy's sampling noise comes from one generator seeded with
     ``seed``, so a run is reproducible for a given ``n_envs`` (which sets the batching). The first
     ``video_episodes`` episodes are saved as mp4.
     """
-    import diffpolicy.envs  # noqa: F401  (registers our tasks)
-
     if plan is None:
         plan = policy.sampling_plan(**plan_kwargs)
-    adapter = ObsAdapter(obs_keys, image_keys, crop_shape)
+    success = SuccessSignal.from_task(task)
+    spec = ObsSpec.from_task(task)
+    adapter = ObsAdapter(spec, task.get("image_keys", []), task.get("crop_shape"), source=f"env {task['env_id']}")
     To = policy.n_obs_steps
     n_envs = max(1, min(n_envs, n_episodes))
-    envs = [gym.make(env_id, render_mode="rgb_array" if video_episodes else None, **env_kwargs) for _ in range(n_envs)]
+    envs = [make_env(task, render_mode="rgb_array" if video_episodes else None) for _ in range(n_envs)]
+    check_env_obs(spec, envs[0], task, policy)
     fps = getattr(envs[0].unwrapped, "control_hz", envs[0].metadata.get("render_fps", 10))
     results: list[dict | None] = [None] * n_episodes
     next_ep = 0
     slots: list[dict | None] = [None] * n_envs
     gen = torch.Generator(device=device).manual_seed(seed)
-    bar = tqdm(total=n_episodes, desc=f"eval {env_id}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=n_episodes, desc=f"eval {task['env_id']}", disable=not progress, dynamic_ncols=True)
 
     def start(i: int) -> None:
         nonlocal next_ep
@@ -84,7 +99,7 @@ def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Seque
             obs, reward, terminated, truncated, info = envs[i].step(s["queue"].popleft())
             s["hist"].append(adapter.step_obs(obs))
             s["rewards"].append(float(reward))
-            s["success"] |= bool(info.get("is_success", False))
+            s["success"] |= success.step(reward, terminated, truncated, info)
             s["info"] = info
             if s["frames"] is not None:
                 s["frames"].append(envs[i].render())
@@ -97,7 +112,7 @@ def evaluate(policy, env_id: str, env_kwargs: Mapping[str, Any], obs_keys: Seque
     bar.close()
     for e in envs:
         e.close()
-    return summarize(results)
+    return {**summarize(results), "success_signal": success.describe()}
 
 
 def _record(slot: dict, seed: int) -> dict:
@@ -138,7 +153,8 @@ def save_summary(summary: dict, out: str | Path, title: str) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_summary(summary, out / "summary.png", title)
     lo, hi = summary["success_ci95"]
-    print(f"success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}); mean max reward "
+    signal = f" [success: {summary['success_signal']}]" if "success_signal" in summary else ""
+    print(f"success{signal} {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}); mean max reward "
           f"{summary['mean_max_reward']:.3f}; mean final reward {summary['mean_final_reward']:.3f} "
           f"over {summary['n_episodes']} episodes")
     if "solution_split" in summary:

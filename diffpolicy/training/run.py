@@ -14,11 +14,18 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 from ..accel import accelerate
+from ..core.objectives import make_objective
+from ..core.samplers import check_steps, get_sampler
 from ..data.collect import collect_dataset
 from ..data.dataset import WindowDataset
+from ..data.errors import DatasetError
+from ..data.obs import ObsSpec
+from ..data.tasks import SuccessSignal, import_task_modules
 from ..eval.rollout import evaluate, save_summary
 from ..policy.factory import build_policy, load_policy
 from .batches import StepBatches
@@ -26,13 +33,51 @@ from .loop import TrainConfig, distributed_context, pick_device, train
 from .reflow import CouplingBatches, make_couplings
 
 
+def check_config(task: dict, pcfg: dict) -> None:
+    """The config's own checks, before any data is read or collected: observation spec, success signal, the env's
+    modules, and the policy's objective and sampler."""
+    ObsSpec.from_task(task)
+    SuccessSignal.from_task(task)
+    import_task_modules(task)
+    if pcfg.get("type") == "diffusion":
+        make_objective(pcfg["objective"])
+        get_sampler(pcfg["sampler"])
+        check_steps(pcfg["steps"])
+
+
 def ensure_dataset(task: dict) -> str:
-    """The task's dataset path, collecting it with the scripted expert when it does not exist yet."""
+    """The task's dataset path. A missing dataset is collected with the task's scripted expert only when it is the
+    task's own default (``task.default_dataset``, set by the built-in tasks); any other missing path is an error, so
+    a mistyped path never starts a collection."""
     path = Path(task["dataset"])
-    if not path.exists():
-        print(f"dataset {path} not found: collecting {task['n_demos']} demos of {task['env_id']} with its expert")
-        collect_dataset(task, n_episodes=task["n_demos"], out=str(path))
+    if path.exists():
+        return str(path)
+    default = task.get("default_dataset")
+    if default is None or Path(default) != path:
+        why = (f"only the task's own default dataset ({default}) is collected when missing" if default else
+               "the task has no default dataset to collect")
+        raise FileNotFoundError(f"dataset {path} of task {task.get('name')!r} does not exist ({why}); check the path, "
+                                f"or collect demos into it: diffpolicy-collect task=... out={path}")
+    print(f"dataset {path} not found: collecting {task['n_demos']} demos of {task['env_id']} with its expert")
+    collect_dataset(task, n_episodes=task["n_demos"], out=str(path))
     return str(path)
+
+
+def check_episode_lengths(data: WindowDataset) -> None:
+    """Every episode holds at least one training window. With Diffusion Policy's padding (the first observation
+    repeated ``n_obs_steps - 1`` times before an episode, the last action ``n_action_steps - 1`` times after it) an
+    episode needs ``horizon - (n_obs_steps - 1) - (n_action_steps - 1)`` steps; a shorter one would be skipped
+    silently, so it is an error naming the episodes."""
+    spec, lengths = data.spec, data.buffer.episode_lengths
+    need = spec.horizon - spec.pad_before - spec.pad_after
+    short = np.flatnonzero(lengths < need)
+    if len(short):
+        shown = ", ".join(f"{i} ({lengths[i]} steps)" for i in short[:5]) + (" ..." if len(short) > 5 else "")
+        raise DatasetError(data.buffer.path, "meta/episode_ends",
+                           f"{len(short)} of {len(lengths)} episodes are shorter than the {need} steps a training "
+                           f"window needs (horizon {spec.horizon}, n_obs_steps {spec.n_obs_steps}, n_action_steps "
+                           f"{spec.n_action_steps}, padded as Diffusion Policy pads): episodes {shown}. Drop them "
+                           "(diffpolicy-dataset subset) or choose a shorter horizon.")
 
 
 def run(cfg: dict) -> dict:
@@ -40,8 +85,7 @@ def run(cfg: dict) -> dict:
     task, pcfg, tcfg = cfg["task"], cfg["policy"], dict(cfg["training"])
     run_dir = Path(cfg["run_dir"])
     device = pick_device(cfg.get("device", "auto"))
-    if rank == 0:
-        print(f"run directory: {run_dir.resolve()}")
+    check_config(task, pcfg)
     dataset_path = ensure_dataset(task) if rank == 0 else task["dataset"]
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # other ranks wait for rank 0's collection
@@ -57,7 +101,8 @@ def run(cfg: dict) -> dict:
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
                          max_train_episodes=tcfg.pop("max_train_episodes", None),
-                         crop_shape=task.get("crop_shape"), **geometry)
+                         crop_shape=task.get("crop_shape"), obs_spec=task.get("obs_spec"), **geometry)
+    check_episode_lengths(data)
     lowdim = [k for k in task["obs_keys"] if k not in data.image_keys]
     normalizer = teacher.normalizer if teacher else data.normalizer({k: "minmax" for k in [*lowdim, data.action_key]})
     probe = data.sample_batch([0], seed=0)
@@ -73,7 +118,10 @@ def run(cfg: dict) -> dict:
     eval_cfg = tcfg.pop("eval", {})
     num_workers = tcfg.pop("num_workers", 0)
     train_cfg = TrainConfig(**{k: v for k, v in tcfg.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    if rank == 0:
+    if rank == 0:  # everything is checked: the run directory is made now, with the run's resolved config
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        print(f"run directory: {run_dir.resolve()}")
         n_params = sum(p.numel() for p in policy.parameters())
         print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
               f"{len(data)} training windows")
@@ -98,8 +146,7 @@ def run(cfg: dict) -> dict:
             return sum(losses) / len(losses)
 
     def rollouts(model, step: int, video_episodes: int = 0, out: Path | None = None) -> dict:
-        return evaluate(model, task["env_id"], task.get("env_kwargs", {}), task["obs_keys"], data.image_keys,
-                        task.get("crop_shape"), n_episodes=eval_cfg.get("n_episodes", 50),
+        return evaluate(model, config["task"], n_episodes=eval_cfg.get("n_episodes", 50),
                         n_envs=eval_cfg.get("n_envs", 10), video_episodes=video_episodes,
                         video_dir=out, device=device)
 
