@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from diffpolicy.training.loop import TrainConfig, step_generator, train
+from diffpolicy.training.loop import TrainConfig, pick_device, step_generator, train
 
 
 class Regression(nn.Module):
@@ -44,6 +44,9 @@ def main(out: str, sim_world: int) -> None:
     train(model, batch_fn, cfg, out, {"world": sim_world})
     if not distributed or dist.get_rank() == 0:
         torch.save(model.state_dict(), f"{out}/final.pt")
+    if distributed:  # the GPU this rank would take on a CUDA machine (a device object needs no GPU to exist)
+        with open(f"{out}/device_rank{dist.get_rank()}.txt", "w") as f:
+            f.write(str(pick_device("cuda")))
     if distributed:
         dist.destroy_process_group()
 

@@ -122,8 +122,10 @@ def test_actions_are_clipped_to_the_action_space(ckpt):
     got = np.stack([ctrl.act(o) for o in obs])
     np.testing.assert_allclose(got, np.clip(ref, lo, hi), rtol=1e-6)
     assert ctrl.stats()["clipped"] == int(np.any((ref < lo) | (ref > hi), axis=1).sum()) > 0
-    task = Controller.from_checkpoint(ckpt, device="cpu")  # bounds of the task env (TwoPath: +-ARENA)
+    task = Controller.from_checkpoint(ckpt, device="cpu", action_space="task")  # the task env's (TwoPath: +-ARENA)
     assert task.bounds is not None and np.all(task.bounds.high > 0) and np.all(task.bounds.low == -task.bounds.high)
+    data = Controller.from_checkpoint(ckpt, device="cpu")  # the default: the training data's action range
+    assert np.all(data.bounds.high < task.bounds.high) and np.all(data.bounds.low > task.bounds.low)
 
 
 def test_nonfinite_observation_or_action_never_reaches_the_robot(ckpt, caplog):

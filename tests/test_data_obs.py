@@ -116,3 +116,29 @@ def test_box_env_policy_from_checkpoint_needs_nothing_else(tmp_path, train_confi
     summary = eval_cli.run({"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5,
                             "video_episodes": 0, "out": str(tmp_path / "ev")})
     assert summary["n_episodes"] == 2 and summary["success_signal"] == "info['is_success']"
+
+
+def test_env_observations_are_checked_against_the_policy_before_the_first_episode():
+    from types import SimpleNamespace
+
+    from gymnasium import spaces
+
+    from diffpolicy.eval.rollout import check_env_obs
+
+    policy = SimpleNamespace(encoder=SimpleNamespace(shapes={"pos": (2,), "cam": (3, 6, 6)}, image_keys=["cam"]))
+    task = {"env_id": "Foo-v0", "dataset": "data/foo.zarr", "crop_shape": [6, 6]}
+    spec = ObsSpec(["pos", "cam"], {"pos": {"key": "state", "slice": [0, 2]}, "cam": "pixels"})
+
+    def env(state=(4,), pixels=(8, 8, 3)):
+        return SimpleNamespace(observation_space=spaces.Dict({
+            "state": spaces.Box(-1, 1, state), "pixels": spaces.Box(0, 255, pixels, np.uint8)}))
+
+    check_env_obs(spec, env(), task, policy)  # 8x8 frames cropped to 6x6: fine
+    with pytest.raises(ValueError, match=r"'cam': env Foo-v0 gives shape \(8, 8, 1\), the policy was trained on "
+                                         r"\(3, 6, 6\) \(dataset data/foo.zarr\)"):
+        check_env_obs(spec, env(pixels=(8, 8, 1)), task, policy)
+    with pytest.raises(ValueError, match=r"'pos': 'state' of env Foo-v0: slice \[0, 2\] selects nothing"):
+        check_env_obs(spec, env(state=(0,)), task, policy)
+    discrete = SimpleNamespace(observation_space=spaces.Dict({"state": spaces.Discrete(3)}))
+    with pytest.raises(TypeError, match="Discrete"):
+        check_env_obs(spec, discrete, task, policy)

@@ -322,7 +322,10 @@ def test_example_task_builds_and_its_expert_succeeds(name, monkeypatch):
     module, _, attr = task["expert"].partition(":")
     make_expert = getattr(importlib.import_module(module), attr)
     shapes = flat_obs_shapes(env.observation_space)
-    assert set(task["obs_keys"]) <= set(shapes)
+    from diffpolicy.data.obs import ObsSpec
+
+    spec = ObsSpec.from_task(task)  # the policy's keys are made from the env's raw keys
+    assert set(spec.shapes({k: shape for k, (shape, _) in shapes.items()}, task["env_id"])) == set(task["obs_keys"])
     obs, _ = env.reset(seed=0)
     expert = make_expert(task["env_id"], env, 0)
     expert.reset()

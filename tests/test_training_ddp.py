@@ -23,6 +23,19 @@ def test_two_process_ddp_equals_single_process_on_the_global_batch(tmp_path):
     b = torch.load(tmp_path / "single/final.pt", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    # Only rank 0 wrote checkpoints and logs.
+    # Each rank binds its own LOCAL_RANK device; only rank 0 wrote checkpoints and logs.
+    assert [(tmp_path / f"ddp/device_rank{r}.txt").read_text() for r in (0, 1)] == ["cuda:0", "cuda:1"]
     assert (tmp_path / "ddp/checkpoints/latest").is_file()
     assert len(list((tmp_path / "ddp/tb").iterdir())) == 1
+
+
+def test_device_choice_follows_local_rank(monkeypatch):
+    from diffpolicy.training.loop import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device("auto") == torch.device("cuda", 3) and pick_device("cuda") == torch.device("cuda", 3)
+    assert pick_device("cuda:1") == torch.device("cuda", 1) and pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cuda", local_rank=0) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")

@@ -49,3 +49,22 @@ def test_episodes_shorter_than_a_window_are_named_before_training(tmp_path, trai
                                            r"3 \(2 steps\)"):
         train_run.run(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_takes_the_runs_own_config(tmp_path, train_config):
+    cfg = train_config(tmp_path / "run", "unet_flow")
+    cfg["training"].update(steps=6, checkpoint_every=3)
+    cfg["training"]["eval"] = {"n_episodes": 1, "n_envs": 1, "video_episodes": 0}
+    train_run.run(cfg)
+    with pytest.raises(FileExistsError, match="is not empty: continue that run with resume=true"):
+        train_run.run(cfg)
+    other = train_config(tmp_path / "run", "mlp_bc")  # the composed defaults of another command line
+    other["resume"] = True
+    with pytest.raises(ValueError, match=r"the override 'policy.horizon=8' would change that run"):
+        train_run.run(other, overrides=["resume=true", f"run_dir={tmp_path / 'run'}", "policy.horizon=8"])
+    train_run.run(other, overrides=["resume=true", f"run_dir={tmp_path / 'run'}", "training.steps=9"])
+    saved = __import__("yaml").safe_load((tmp_path / "run/config.yaml").read_text())
+    assert saved["policy"]["name"] == "unet_flow" and saved["training"]["steps"] == 9
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_00000009"
+    with pytest.raises(FileNotFoundError, match=r"resume=true: run directory .*nowhere does not exist"):
+        train_run.run({"resume": True, "run_dir": str(tmp_path / "nowhere")})

@@ -3,8 +3,10 @@
     diffpolicy-train task=pusht policy=unet_ddpm training=cpu
     diffpolicy-train resume=true run_dir=runs/pusht/unet_ddpm_...   # continue an interrupted run
     diffpolicy-train training=reflow reflow.teacher=runs/pusht/unet_flow_h8_...  # straighten a flow policy
+    diffpolicy-train task=path/to/my_task.yaml task.env_kwargs.frame_skip=2     # a task file of yours
 
-If the task's dataset is missing, it is collected first with the task's scripted expert. Outputs (checkpoints,
+Config and dataset are checked first; a built-in task's own default dataset is collected with its scripted expert
+when missing (any other missing dataset is an error). Outputs (checkpoints,
 tensorboard logs, evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end. The process
 opts in to :func:`diffpolicy.accel.tune_process`; ``accel=false`` trains the plain modules.
 """
@@ -23,7 +25,9 @@ from .task_args import task_args
 
 @hydra.main(config_path="pkg://diffpolicy.configs", config_name="train", version_base=None)
 def _main(cfg: DictConfig) -> None:
-    run(OmegaConf.to_container(cfg, resolve=True))
+    from hydra.core.hydra_config import HydraConfig
+
+    run(OmegaConf.to_container(cfg, resolve=True), overrides=list(HydraConfig.get().overrides.task))
 
 
 def main() -> None:

@@ -46,14 +46,32 @@ from ..data.tasks import make_env
 from ..policy.base import Policy
 from .chunks import Chunk, ChunkBuffer
 from .metrics import RingStats
-from .safety import ActionBounds, NonFiniteError, SafetyEvent, log, nonfinite_action, nonfinite_obs
+from .safety import (
+    ActionBounds,
+    ControllerFault,
+    NonFiniteError,
+    SafetyEvent,
+    log,
+    nonfinite_action,
+    nonfinite_obs,
+)
+
+FAULT_POLICIES = ("hold", "safe_action", "raise")
 from .sampling import ChunkSampler
 from .worker import InferenceWorker
 
 
 class Controller:
     """See the module docstring. ``period`` (seconds) enables deadline-miss counting; ``action_space`` (a Box or
-    ``(low, high)``) enables clipping.
+    ``(low, high)``, or ``"data"``: the policy's dataset action range, i.e. its normaliser's [-1, 1]) enables clipping.
+
+    Liveness: a step that finds no planned action waits for the chunk in flight at most ``inference_timeout``
+    seconds (default: one ``period``, or 1 s without one; the first step of an episode, which has nothing to hold,
+    waits up to ``first_chunk_timeout``), then holds the last safe action and counts the fault; an inference that
+    raises is held and counted the same way (on an episode's first step it is raised). After ``max_held_steps``
+    consecutive held steps (any cause: timeout, failed inference, non-finite observation or action) the
+    ``fault_policy`` applies: ``"hold"`` keeps holding, ``"safe_action"`` sends ``safe_action`` until a good step,
+    ``"raise"`` raises :class:`~diffpolicy.control.safety.ControllerFault`.
 
     Sampling: a plan from ``policy.sampling_plan`` (sampler, steps, time grid, and the FiLM time table computed
     once), run through ``policy.sample_chunk``; :meth:`set_sampling` swaps in another plan. ``accel`` applies
@@ -70,11 +88,17 @@ class Controller:
                  execute_steps: int | None = None, ensemble_decay: float = 0.01, rtc_window: int = 8,
                  action_space=None, period: float | None = None, seed: int = 0, accel: bool = False,
                  compile: bool = False, cuda_graph: bool | None = None, warm_up: bool = True,
-                 num_threads: int | None = None, obs_spec: Mapping[str, Any] | None = None):
+                 num_threads: int | None = None, obs_spec: Mapping[str, Any] | None = None,
+                 inference_timeout: float | None = None, first_chunk_timeout: float = 60.0,
+                 fault_policy: str = "hold", max_held_steps: int = 10, safe_action=None):
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         if smoothing not in (None, "ensemble", "rtc"):
             raise ValueError(f"smoothing must be None, 'ensemble' or 'rtc', got {smoothing!r}")
+        if fault_policy not in FAULT_POLICIES:
+            raise ValueError(f"fault_policy must be one of {FAULT_POLICIES}, got {fault_policy!r}")
+        if fault_policy == "safe_action" and safe_action is None:
+            raise ValueError("fault_policy='safe_action' needs safe_action (the action to send, shape (Da,))")
         if smoothing == "rtc" and mode != "async":
             raise ValueError("smoothing='rtc' fixes the actions executed while a chunk is computed: it needs "
                              "mode='async' (in sync mode nothing executes during inference)")
@@ -109,7 +133,14 @@ class Controller:
         self.adapter = ObsAdapter(ObsSpec(obs_keys, obs_spec), image_keys, crop_shape, source="the robot")
         self.obs_keys, self.obs_shapes = list(obs_keys), obs_shapes
         self.buffer = ChunkBuffer("ensemble" if smoothing == "ensemble" else "latest", ensemble_decay)
+        if isinstance(action_space, str) and action_space == "data":
+            action_space = data_action_bounds(policy)
         self.bounds = None if action_space is None else ActionBounds(action_space, policy.action_dim)
+        self.inference_timeout = inference_timeout if inference_timeout is not None else (period or 1.0)
+        self.first_chunk_timeout = first_chunk_timeout
+        self.fault_policy, self.max_held_steps = fault_policy, int(max_held_steps)
+        self.safe_action = None if safe_action is None else np.broadcast_to(
+            np.asarray(safe_action, dtype=np.float32), (policy.action_dim,)).copy()
         self.period, self.seed, self.rtc_window = period, seed, rtc_window
         self.rng = torch.Generator()  # CPU, control thread only: initial noise and per-chunk seeds
         self.worker = InferenceWorker(self._infer) if mode == "async" else None
@@ -124,12 +155,13 @@ class Controller:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
-                        action_space: Any = "task", control_hz: float | None = None, **kwargs) -> "Controller":
+                        action_space: Any = "data", control_hz: float | None = None, **kwargs) -> "Controller":
         """Load a policy checkpoint (run dir, checkpoints root or step dir) and wrap it.
 
         ``device="auto"`` picks CUDA when present; ``accel=True`` (the default here) applies
-        :func:`diffpolicy.accel.accelerate` to the loaded policy. ``action_space="task"`` reads the bounds from the
-        checkpoint's task env (pass a Box/``(low, high)`` for a real robot, or None to disable clipping).
+        :func:`diffpolicy.accel.accelerate` to the loaded policy. ``action_space="data"`` (default) clips to the
+        action range of the training data (from the checkpoint's normaliser); ``"task"`` reads the bounds from the
+        checkpoint's task env; pass a Box/``(low, high)`` for a real robot's limits, or None to disable clipping.
         ``control_hz`` sets the deadline (``period = 1 / control_hz``); other keywords go to the constructor.
         """
         from ..policy.factory import load_policy
@@ -202,6 +234,7 @@ class Controller:
         self.last_launch: int | None = None
         self.launch_step: int | None = None
         self.last_safe: np.ndarray | None = None
+        self.held_run = 0  # consecutive held steps
         self.prev_chunk: int | None = None
         self.delays: deque = deque(maxlen=self.rtc_window)
         self.delay_hist: Counter = Counter()
@@ -226,26 +259,21 @@ class Controller:
             result = self.worker.poll()
             if result is not None:
                 self._accept(result)
-        if self._due(step):
-            self._launch(step)
-        picked = self.buffer.action(step)
-        while picked is None:  # starved: nothing planned for this step (first step, or inference slower than H)
-            self.counts["starved"] += step > 0
-            if self.worker is None or not self.worker.busy:
-                self._launch(step)
-            if self.worker is not None:
-                self._accept(self.worker.wait(), blocked=True)
-            picked = self.buffer.action(step)
-        action, chunk_index = picked
-        action = np.asarray(action, dtype=np.float32)
-        bad = nonfinite_action(action, step)
-        if bad is not None:
-            events.append(bad)
+        picked = self._planned_action(step, events)
+        chunk_index = None
+        if picked is not None:
+            action, chunk_index = picked
+            action = np.asarray(action, dtype=np.float32)
+            bad = nonfinite_action(action, step)
+            if bad is not None:
+                events.append(bad)
         if events:
             action = self._hold(events)
-        elif self.bounds is not None:
-            action = self.bounds(action)
-        self.last_safe = action.copy()
+        else:
+            self.held_run = 0
+            if self.bounds is not None:
+                action = self.bounds(action)
+            self.last_safe = action.copy()
         self.last_info = {"step": step, "chunk": chunk_index, "boundary": chunk_index != self.prev_chunk,
                           "held": bool(events)}
         self.prev_chunk = chunk_index
@@ -272,13 +300,52 @@ class Controller:
             self.history.append(x)
         return events
 
+    def _planned_action(self, step: int, events: list[SafetyEvent]):
+        """This step's planned ``(action, chunk index)``, waiting for inference when nothing is planned (first step,
+        or inference slower than the chunk); None when the wait timed out or inference failed (a fault event)."""
+        first = self.last_safe is None  # nothing to hold yet: wait longer, and let a failure raise
+        try:
+            if self._due(step):
+                self._launch(step)
+            picked = self.buffer.action(step)
+            while picked is None:
+                self.counts["starved"] += step > 0
+                if self.worker is None or not self.worker.busy:
+                    self._launch(step)
+                if self.worker is not None:
+                    timeout = self.first_chunk_timeout if first else self.inference_timeout
+                    self._accept(self.worker.wait(timeout), blocked=True)
+                picked = self.buffer.action(step)
+        except TimeoutError as e:
+            if first:
+                raise TimeoutError(f"step {step}: the episode's first chunk did not arrive within "
+                                   f"{self.first_chunk_timeout} s (first_chunk_timeout)") from e
+            events.append(SafetyEvent(step, "timeout", "inference", detail=f"waited {self.inference_timeout} s"))
+            return None
+        except Exception as e:  # noqa: BLE001 - any failure of the policy is a fault to hold
+            if first:
+                raise
+            events.append(SafetyEvent(step, "error", "inference", detail=repr(e.__cause__ or e)))
+            return None
+        return picked
+
     def _hold(self, events: list[SafetyEvent]) -> np.ndarray:
+        """The action of a faulty step: the last safe one, or what the fault policy says after too many."""
         for e in events:
             self.faults.append(e)
-            self.counts[f"nonfinite_{e.kind}"] += 1
+            self.counts[{"obs": "nonfinite_obs", "action": "nonfinite_action", "timeout": "inference_timeouts",
+                         "error": "inference_errors"}[e.kind]] += 1
             log.warning(str(e))
         if self.last_safe is None:
             raise NonFiniteError(f"{events[0]}: but no safe action has been sent yet in this episode")
+        self.held_run += 1
+        self.counts["held"] += 1
+        if self.held_run > self.max_held_steps:
+            if self.fault_policy == "raise":
+                raise ControllerFault(f"{self.held_run} consecutive faulty steps (max_held_steps "
+                                      f"{self.max_held_steps}); the last: {events[-1]}")
+            if self.fault_policy == "safe_action":
+                return self.safe_action.copy()
         return self.last_safe.copy()
 
     def _due(self, step: int) -> bool:
@@ -382,9 +449,18 @@ class Controller:
         return {"steps": self.step, "chunks": self.n_chunks, "deadline_misses": self.counts["deadline_misses"],
                 "starved": self.counts["starved"], "nonfinite_obs": self.counts["nonfinite_obs"],
                 "nonfinite_action": self.counts["nonfinite_action"],
+                "inference_timeouts": self.counts["inference_timeouts"],
+                "inference_errors": self.counts["inference_errors"], "held": self.counts["held"],
                 "clipped": self.bounds.n_clipped if self.bounds else 0,
                 "delay_steps": dict(sorted(self.delay_hist.items())),
                 "act_ms": self.act_latency.summary(1e3), "inference_ms": self.infer_latency.summary(1e3)}
+
+
+def data_action_bounds(policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` ``(Da,)``: the training data's action range, the normaliser's image of [-1, 1]."""
+    ends = torch.tensor([[-1.0], [1.0]]).expand(2, policy.action_dim)
+    lo, hi = policy.normalizer.unnormalize(policy.action_key, ends.to(next(policy.parameters()).device)).cpu()
+    return torch.minimum(lo, hi).numpy(), torch.maximum(lo, hi).numpy()
 
 
 def _task_action_space(task: Mapping[str, Any]):

@@ -20,15 +20,24 @@ class NonFiniteError(RuntimeError):
     """A non-finite observation or action with no earlier safe value to hold."""
 
 
+class ControllerFault(RuntimeError):
+    """Faults held for more steps than the fault policy allows (``fault_policy="raise"``)."""
+
+
 @dataclass(frozen=True)
 class SafetyEvent:
     step: int
-    kind: str  # "obs" | "action"
-    key: str  # observation key, or "action"
-    entries: tuple[int, ...]  # flat indices of the non-finite entries (first 16)
-    n_entries: int
+    kind: str  # "obs" | "action" (non-finite values) | "timeout" | "error" (inference)
+    key: str  # observation key, "action", or "inference"
+    entries: tuple[int, ...] = ()  # flat indices of the non-finite entries (first 16)
+    n_entries: int = 0
+    detail: str = ""  # timeout / error: what happened
 
     def __str__(self) -> str:
+        if self.kind == "timeout":
+            return f"step {self.step}: no chunk in time ({self.detail}); holding the last safe action"
+        if self.kind == "error":
+            return f"step {self.step}: inference failed ({self.detail}); holding the last safe action"
         more = "" if self.n_entries <= len(self.entries) else f" (+{self.n_entries - len(self.entries)} more)"
         what = "observation key " + repr(self.key) if self.kind == "obs" else "planned action"
         return (f"step {self.step}: non-finite {what} at flat entries {list(self.entries)}{more}; "

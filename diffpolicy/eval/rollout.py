@@ -31,14 +31,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 def check_env_obs(spec: ObsSpec, env, task: Mapping[str, Any], policy) -> None:
     """The env's observation space gives every key the policy was trained on, in its shape; else a ``ValueError``
-    naming the key, the env and the dataset the policy was trained on."""
-    source = f"env {task['env_id']}"
-    got = spec.shapes({k: shape for k, (shape, _) in flat_obs_shapes(env.observation_space).items()}, source)
+    naming the key, the env and the dataset the policy was trained on (a space that is not a Box or a Dict of
+    them is a ``TypeError`` naming it)."""
+    source, dataset = f"env {task['env_id']}", task.get("dataset")
+    raw = flat_obs_shapes(env.observation_space)  # Box and (nested) Dict spaces of numbers; others are refused
+    got = spec.shapes({k: shape for k, (shape, _) in raw.items()}, source)
+    crop = task.get("crop_shape")
     for k, shape in got.items():
         want = policy.encoder.shapes.get(k)
-        if want is not None and k not in policy.encoder.image_keys and tuple(want) != tuple(shape):
+        if want is None:
+            continue
+        if k in policy.encoder.image_keys:  # trained as (C, h, w), after the crop if any; the env gives (H, W, C)
+            c, h, w = want
+            ok_shape = len(shape) == 3 and shape[-1] == c and (
+                tuple(shape[:2]) == (h, w) if crop is None else shape[0] >= h and shape[1] >= w)
+        else:
+            ok_shape = tuple(want) == tuple(shape)
+        if not ok_shape:
             raise ValueError(f"observation key {k!r}: {source} gives shape {tuple(shape)}, the policy was trained on "
-                             f"{tuple(want)} (dataset {task.get('dataset')})")
+                             f"{tuple(want)} (dataset {dataset})")
 
 
 def evaluate(policy, task: Mapping[str, Any], n_episodes: int = 50, seed: int = 100_000, n_envs: int = 8,

@@ -7,8 +7,12 @@ Layout of ``<run>/checkpoints/step_<N>/``::
     train_state.pt       optimiser/scheduler state, step and RNG state: plain tensors and numbers only,
                          loadable with ``torch.load(weights_only=True)``
 
-A checkpoint is written to a temporary directory and renamed into place, then ``checkpoints/latest`` (a one-line
-text file) is replaced atomically, so an interruption never leaves a half-written checkpoint behind a name.
+A checkpoint is written to a temporary directory, its files and the directory are fsynced, it is renamed into place
+(and the parent directory fsynced), then ``checkpoints/latest`` (a one-line text file) is replaced atomically and
+durably: an interruption or a power loss never leaves a half-written checkpoint behind a name. A failed write (e.g. a
+full disk) removes its temporary directory and leaves the previous checkpoint and ``latest`` as they were.
+Pruning never removes the newest checkpoint or the one ``latest`` names; :func:`remove_stale_temporaries` clears
+what a killed save left behind.
 """
 
 from __future__ import annotations
@@ -26,13 +30,39 @@ from safetensors.torch import load_file, save_file
 LATEST = "latest"
 
 
+TMP_PREFIX = ".tmp_step_"
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+def remove_stale_temporaries(root: str | Path) -> list[Path]:
+    """Remove the temporary checkpoint directories and ``latest`` files a killed save left in ``root``."""
+    root, removed = Path(root), []
+    for p in [*root.glob(f"{TMP_PREFIX}*"), *root.glob(f".{LATEST}.*")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def save_checkpoint(root: str | Path, step: int, tensors: Mapping[str, Mapping[str, torch.Tensor]],
@@ -41,23 +71,38 @@ def save_checkpoint(root: str | Path, step: int, tensors: Mapping[str, Mapping[s
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp_step_{step:08d}_"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{TMP_PREFIX}{step:08d}_"))
     try:
         for name, state in tensors.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / f"{name}.safetensors")
         (tmp / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
         if train_state is not None:
             torch.save(dict(train_state), tmp / "train_state.pt")
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+        _fsync(root)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"writing checkpoint {final} failed ({e.strerror or e}); the previous checkpoint "
+                                   f"{_latest_name(root)} is untouched") from e
         raise
     _atomic_write_text(root / LATEST, final.name + "\n")
-    for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        protected = {final.name, _latest_name(root)}
+        for old in sorted(root.glob("step_*"))[:-keep]:
+            if old.name not in protected:
+                shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _latest_name(root: Path) -> str | None:
+    latest = root / LATEST
+    return latest.read_text().strip() if latest.is_file() else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -21,7 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.ema import EMA
-from ..policy.checkpoint import load_tensors, load_train_state, resolve_checkpoint, save_checkpoint
+from ..policy.checkpoint import (
+    load_tensors,
+    load_train_state,
+    remove_stale_temporaries,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -76,10 +82,13 @@ def make_autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU. A CUDA device without an index is this process's GPU: the
+    ``LOCAL_RANK`` that torchrun sets (``local_rank`` overrides it), so each rank of a node has its own."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank)
+    return device
 
 
 def distributed_context() -> tuple[int, int]:
@@ -115,6 +124,9 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
     sched = cosine_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     start = 0
     ckpt_root = run_dir / "checkpoints"
+    if rank == 0 and ckpt_root.is_dir():
+        for p in remove_stale_temporaries(ckpt_root):
+            print(f"removed {p} (left by an interrupted checkpoint save)")
     if resume and (ckpt_root / "latest").is_file():
         ckpt = resolve_checkpoint(ckpt_root)
         model.load_state_dict(load_tensors(ckpt, "model", device))
@@ -126,13 +138,18 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
         torch.set_rng_state(state["torch_rng"])
         if rank == 0:
             print(f"resumed from {ckpt} at step {start}")
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    net = model
+    if world > 1:  # one GPU per rank (device_ids), or CPU processes (gloo)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = make_autocast(cfg, device)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(run_dir / "tb")
+        # purge_step: a resumed run drops the events a killed run logged after its last checkpoint (no duplicates)
+        writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None)
 
     def checkpoint(step: int) -> Path:
         return save_checkpoint(

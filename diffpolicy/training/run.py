@@ -27,6 +27,7 @@ from ..data.errors import DatasetError
 from ..data.obs import ObsSpec
 from ..data.tasks import SuccessSignal, import_task_modules
 from ..eval.rollout import evaluate, save_summary
+from ..policy.checkpoint import resolve_checkpoint
 from ..policy.factory import build_policy, load_policy
 from .batches import StepBatches
 from .loop import TrainConfig, distributed_context, pick_device, train
@@ -80,7 +81,48 @@ def check_episode_lengths(data: WindowDataset) -> None:
                            "(diffpolicy-dataset subset) or choose a shorter horizon.")
 
 
-def run(cfg: dict) -> dict:
+# What ``resume=true`` may change in a run's saved config: how long it trains and how it reports, not what it is.
+RESUME_OVERRIDES = ("training.steps", "training.eval.", "training.log_every", "training.checkpoint_every",
+                    "training.num_workers", "device", "accel", "resume", "run_dir")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> dict:
+    """The saved config of the run in ``run_dir`` (its ``config.yaml``, or its latest checkpoint's), with the
+    command line's ``key=value`` ``overrides`` applied where :data:`RESUME_OVERRIDES` allows; any other override is
+    refused, since it would silently change the run being continued."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        ckpts = run_dir / "checkpoints"
+        saved = resolve_checkpoint(ckpts) / "config.yaml" if (ckpts / "latest").is_file() else saved
+    if not saved.is_file():
+        why = "does not exist" if not run_dir.exists() else "has no config.yaml and no checkpoint"
+        raise FileNotFoundError(f"resume=true: run directory {run_dir} {why}; give the directory of an existing run "
+                                "(the one diffpolicy-train printed)")
+    cfg = yaml.safe_load(saved.read_text())
+    for arg in overrides:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if not key.startswith(RESUME_OVERRIDES):
+            raise ValueError(f"resume=true continues {run_dir} with its saved config ({saved}); the override {arg!r} "
+                             f"would change that run. Only {', '.join(RESUME_OVERRIDES)}... may be given on resume; "
+                             "start a new run (another run_dir) to change anything else")
+        node, *path = key.split(".")
+        target = cfg
+        for part in [node, *path][:-1]:
+            target = target.setdefault(part, {})
+        target[[node, *path][-1]] = yaml.safe_load(value)
+    return {**cfg, "resume": True, "run_dir": str(run_dir)}
+
+
+def run(cfg: dict, overrides: list[str] | None = None) -> dict:
+    """Train, checkpoint and evaluate per ``cfg``. With ``cfg["resume"]`` the run in ``cfg["run_dir"]`` continues
+    with its own saved config (``overrides``: the command line's, checked by :func:`resume_config`); otherwise
+    ``run_dir`` must not exist or be empty."""
+    if cfg.get("resume"):
+        cfg = resume_config(cfg["run_dir"], overrides or [])
+    elif Path(cfg["run_dir"]).is_dir() and any(Path(cfg["run_dir"]).iterdir()):
+        raise FileExistsError(f"run directory {cfg['run_dir']} is not empty: continue that run with resume=true, or "
+                              "give a new run_dir")
     rank, _ = distributed_context()
     task, pcfg, tcfg = cfg["task"], cfg["policy"], dict(cfg["training"])
     run_dir = Path(cfg["run_dir"])
