@@ -164,8 +164,8 @@ def save_summary(summary: dict, out: str | Path, title: str) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_summary(summary, out / "summary.png", title)
     lo, hi = summary["success_ci95"]
-    signal = f" [success: {summary['success_signal']}]" if "success_signal" in summary else ""
-    print(f"success{signal} {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}); mean max reward "
+    signal = f", by {summary['success_signal']}" if "success_signal" in summary else ""
+    print(f"success {summary['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}{signal}); mean max reward "
           f"{summary['mean_max_reward']:.3f}; mean final reward {summary['mean_final_reward']:.3f} "
           f"over {summary['n_episodes']} episodes")
     if "solution_split" in summary:
