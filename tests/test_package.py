@@ -41,9 +41,11 @@ print(",".join(changed) or "-", torch.get_num_threads() == threads, mmapped_bloc
 """
 
 
-def test_importing_any_part_changes_nothing_process_wide():
+def test_importing_any_part_changes_nothing_process_wide(tmp_path):
     base = {k: v for k, v in os.environ.items() if k != "MKL_CBWR" and not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *MODULES], env=base, capture_output=True, text=True)
+    # cwd: the installed package (a source checkout's top level has no diffpolicy/envs; pip maps it)
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *MODULES], env=base, capture_output=True, text=True,
+                         cwd=tmp_path)
     if out.returncode and "mallinfo2" in out.stderr:
         pytest.skip("no glibc mallinfo2 here")
     assert out.returncode == 0, out.stderr[-2000:]
