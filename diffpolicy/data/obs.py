@@ -26,11 +26,6 @@ from diffpolicy.data.tasks import flatten_obs
 PART_FIELDS = {"key", "index", "slice", "angle", "scale", "offset"}
 
 
-def is_image(shape: Sequence[int]) -> bool:
-    """Whether a per-step shape is an image ``(H, W, C)`` with 1, 3 or 4 channels."""
-    return len(shape) == 3 and shape[-1] in (1, 3, 4)
-
-
 @dataclass(frozen=True)
 class ObsPart:
     """One raw key's contribution to a policy key: ``raw[..., index or slice]``, optionally ``(sin, cos)`` of it,
