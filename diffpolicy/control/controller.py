@@ -293,7 +293,7 @@ class Controller:
                                      "safe observation or action to hold")
             self.history.append(self.history[-1])  # keep the history aligned with time; never feed NaN to the net
             return events
-        x = {k: v.to(self.device) for k, v in self.adapter.step_obs(raw).items()}
+        x = {k: v.to(self.device) for k, v in self.adapter.from_raw(raw).items()}
         if self.history is None:
             self.history = deque([x] * self.To, maxlen=self.To)
         else:

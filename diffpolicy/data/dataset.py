@@ -76,10 +76,9 @@ class WindowDataset(torch.utils.data.Dataset):
         self.split, self.seed, self.val_ratio = split, seed, val_ratio
         self.train_mask, self.val_mask = split_episodes(self.buffer.n_episodes, val_ratio, seed, max_train_episodes)
         raw = load_arrays(self.buffer, [*raw_keys, action_key], memory_budget, cache_bytes)
-        computed = [k for k in self.obs_keys if self.obs_spec.renamed(k) is None]
-        if computed:  # derived keys are computed once, whole, from their (low-dim, in-memory) raw arrays
-            raw = {**raw, **{k: np.asarray(a[:]) for k, a in raw.items() if isinstance(a, ChunkCachedArray)
-                             and any(p.key == k for c in computed for p in self.obs_spec.parts[c])}}
+        # Computed keys are made once, whole, from their raw (low-dim) arrays: those must be in memory.
+        sources = {p.key for k in self.obs_keys if self.obs_spec.renamed(k) is None for p in self.obs_spec.parts[k]}
+        raw.update({k: np.asarray(raw[k][:]) for k in sources if isinstance(raw[k], ChunkCachedArray)})
         arrays = {**self.obs_spec.apply(raw), action_key: raw[action_key]}
         # Low-dim arrays become float32 once here, so every gather already yields the training dtype.
         self.arrays = {k: (a if k in self.image_keys or isinstance(a, ChunkCachedArray)

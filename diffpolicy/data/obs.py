@@ -74,7 +74,8 @@ class ObsPart:
 
 
 class ObsSpec:
-    """The policy's observation keys and how each is made from raw keys (see the module docstring).
+    """The policy's observation keys and how each is made from raw keys (see the module docstring); ``raw_keys``:
+    the raw keys it reads, in order of first use.
 
     ``spec`` (a task's ``obs_spec``): ``{policy_key: part or [parts]}``, a part being ``{"key": raw_key, "index":
     i or [i, ...], "slice": [start, stop], "angle": true, "scale": s, "offset": o}`` (all but ``key`` optional;
@@ -89,6 +90,9 @@ class ObsSpec:
         if unknown:
             raise ValueError(f"obs_spec has entries {unknown} that are not in obs_keys {self.keys}")
         self.parts = {k: self._parse(k, spec.get(k, {"key": k})) for k in self.keys}
+        # Derived once: apply() runs at every env step of evaluation and the controller.
+        self.raw_keys = list(dict.fromkeys(p.key for parts in self.parts.values() for p in parts))
+        self._renames = {k: parts[0].key for k, parts in self.parts.items() if len(parts) == 1 and parts[0].plain}
 
     @staticmethod
     def _parse(name: str, entry: Any) -> tuple[ObsPart, ...]:
@@ -118,15 +122,9 @@ class ObsSpec:
     def from_task(cls, task: Mapping[str, Any]) -> "ObsSpec":
         return cls(task["obs_keys"], task.get("obs_spec"))
 
-    @property
-    def raw_keys(self) -> list[str]:
-        """The raw keys the spec reads, in order of first use."""
-        return list(dict.fromkeys(p.key for parts in self.parts.values() for p in parts))
-
     def renamed(self, key: str) -> str | None:
         """The raw key that policy key ``key`` is a plain rename of (None if it is computed)."""
-        parts = self.parts[key]
-        return parts[0].key if len(parts) == 1 and parts[0].plain else None
+        return self._renames.get(key)
 
     def shapes(self, raw_shapes: Mapping[str, Sequence[int]], source: str) -> dict[str, tuple[int, ...]]:
         """Per-step shapes of the policy keys from the raw keys' per-step shapes; mismatches are a ``ValueError``
@@ -158,7 +156,7 @@ class ObsSpec:
         and plain renames are passed through untouched (no copy)."""
         out = {}
         for key, parts in self.parts.items():
-            src = self.renamed(key)
+            src = self._renames.get(key)
             if src is not None:
                 out[key] = raw[src]
             else:
@@ -209,10 +207,13 @@ class ObsAdapter:
         return raw
 
     def step_obs(self, obs: Any) -> dict[str, torch.Tensor]:
-        """One step's observation (``Box`` array, ``Dict``, or a flat raw record) -> ``{key: (...)}`` (images
-        ``(C, h, w)``)."""
+        """One step's observation (``Box`` array or ``Dict``) -> ``{key: (...)}`` (images ``(C, h, w)``)."""
+        return self.from_raw(self.raw(obs))
+
+    def from_raw(self, raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """:meth:`step_obs` of a record already returned by :meth:`raw`."""
         out = {}
-        for k, v in self.spec.apply(self.raw(obs)).items():
+        for k, v in self.spec.apply(raw).items():
             if k in self.image_keys:
                 img = to_float_chw(np.asarray(v))
                 out[k] = center_crop(img, self.crop) if self.crop else img

@@ -92,10 +92,9 @@ def save_checkpoint(root: str | Path, step: int, tensors: Mapping[str, Mapping[s
                                    f"{_latest_name(root)} is untouched") from e
         raise
     _atomic_write_text(root / LATEST, final.name + "\n")
-    if keep > 0:
-        protected = {final.name, _latest_name(root)}
+    if keep > 0:  # by name, newest last; the one just written (which latest now names) is never removed
         for old in sorted(root.glob("step_*"))[:-keep]:
-            if old.name not in protected:
+            if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
 
