@@ -33,7 +33,8 @@ Observation modes (``obs_type``):
   - ``"state"``: Box (5,) float32 = [agent_x, agent_y, block_x, block_y, block_angle];
   - ``"keypoints"``: Box (20,) float32 = 9 block keypoints (x, y) flattened (18) + agent position (2);
   - ``"dict"``: Dict with ``state`` (5,), ``agent_pos`` (2,), ``keypoint`` (9, 2) (the Diffusion Policy zarr keys);
-  - ``"pixels"``: the ``"dict"`` keys plus ``img`` uint8 (96, 96, 3), top-down RGB.
+  - ``"pixels"``: the ``"dict"`` keys plus ``img`` uint8 (image_size, image_size, 3), top-down RGB (default 96, as
+    Diffusion Policy's Push-T images).
 ``info`` has ``coverage`` (float) and ``is_success`` (bool) on every ``reset`` and ``step``.
 ``reset(options={"reset_to_state": [agent_x, agent_y, block_x, block_y, block_angle]})`` starts from a given state.
 Privileged access (for experts and tests): ``get_state()``, ``set_state(state)``, ``block_pose()``, ``coverage()``,
@@ -59,16 +60,20 @@ class PushTEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, obs_type: str = "state", render_mode: str | None = None, render_size: int = 256):
+    def __init__(self, obs_type: str = "state", render_mode: str | None = None, render_size: int = 256,
+                 image_size: int = IMG_SIZE):
         if obs_type not in OBS_TYPES:
             raise ValueError(f"PushTEnv: unknown obs_type {obs_type!r}; expected one of {OBS_TYPES}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"PushTEnv: unknown render_mode {render_mode!r}; expected None or 'rgb_array'")
         if not 16 <= int(render_size) <= 512:
             raise ValueError(f"PushTEnv: render_size must be in [16, 512], got {render_size}")
+        if not 16 <= int(image_size) <= 512:
+            raise ValueError(f"PushTEnv: image_size must be in [16, 512], got {image_size}")
         self.obs_type = obs_type
         self.render_mode = render_mode
         self.render_size = int(render_size)
+        self.image_size = int(image_size)
         self.control_hz = 10
         self.model = load_model("pusht.xml")
         self.data = mujoco.MjData(self.model)
@@ -93,7 +98,7 @@ class PushTEnv(gym.Env):
         elif obs_type == "dict":
             self.observation_space = spaces.Dict(low_dim)
         else:
-            img = spaces.Box(0, 255, shape=(IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+            img = spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8)
             self.observation_space = spaces.Dict({**low_dim, "img": img})
         self._state_high = state.high
 
@@ -174,7 +179,7 @@ class PushTEnv(gym.Env):
             return np.concatenate([kp.reshape(-1), state[:2]])
         obs = {"state": state, "agent_pos": state[:2].copy(), "keypoint": kp}
         if self.obs_type == "pixels":
-            obs["img"] = self._render(IMG_SIZE)
+            obs["img"] = self._render(self.image_size)
         return obs
 
     # ----------------------------------------------------------------------------------------------- rendering

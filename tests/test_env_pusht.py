@@ -136,6 +136,18 @@ def test_render_not_blank():
     env.close()
 
 
+def test_observation_images_at_another_size_show_the_same_scene():
+    big, small = PushTEnv(obs_type="pixels"), PushTEnv(obs_type="pixels", image_size=48)
+    assert small.observation_space["img"].shape == (48, 48, 3)
+    a, _ = big.reset(seed=3)
+    b, _ = small.reset(seed=3)
+    assert b["img"].shape == (48, 48, 3) and np.array_equal(a["state"], b["state"])
+    green = lambda img: ((img[..., 1] > 200) & (img[..., 0] < 180)).mean()  # noqa: E731  (goal T's share)
+    assert abs(green(a["img"]) - green(b["img"])) < 0.01
+    with pytest.raises(ValueError, match="image_size must be in \\[16, 512\\], got 8"):
+        PushTEnv(obs_type="pixels", image_size=8)
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown obs_type 'rgb'"):
         PushTEnv(obs_type="rgb")

@@ -109,3 +109,22 @@ def test_bf16_cpu_autocasts_the_forward_pass_or_refuses_without_native_bf16(tmp_
     cfg.bf16_cpu = "auto"  # falls back to float32 where bf16 would be emulated
     train(Probe(), batches, cfg, tmp_path / "auto", {}, device=torch.device("cpu"))
     assert set(seen) == {torch.float32}
+
+
+def test_keep_checkpoints_zero_keeps_every_budget_with_its_training_seconds(tmp_path, fake_clock):
+    """``keep_checkpoints=0`` leaves every checkpoint (to evaluate a run at several budgets); each records the
+    training seconds spent so far (callbacks excluded), carried across a resume."""
+    from diffpolicy.training import loop
+
+    clock = fake_clock(loop, per_read=1.0)  # every clock read: 1 virtual second
+    cfg = TrainConfig(steps=8, batch_size=16, warmup_steps=1, checkpoint_every=2, keep_checkpoints=0, eval_every=4)
+    slow_eval = lambda model, step: (clock.advance(1000.0), {})[1]  # noqa: E731
+    train(Toy(), batches, cfg, tmp_path, {}, evaluate=slow_eval)
+    steps = sorted((tmp_path / "checkpoints").glob("step_*"))
+    assert [p.name for p in steps] == [f"step_{s:08d}" for s in (2, 4, 6, 8)]
+    seconds = [load_train_state(p)["train_seconds"] for p in steps]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))
+    assert seconds[-1] < 1000  # the evaluations' 2 x 1000 s are not training time
+    cfg = TrainConfig(steps=10, batch_size=16, warmup_steps=1, checkpoint_every=2, keep_checkpoints=0)
+    train(Toy(), batches, cfg, tmp_path, {}, resume=True)
+    assert load_train_state(resolve_checkpoint(tmp_path))["train_seconds"] > seconds[-1]

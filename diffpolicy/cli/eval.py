@@ -3,6 +3,7 @@
     diffpolicy-eval checkpoint=runs/pusht/unet_ddpm_... n_episodes=100 sampler=ddim steps=4 [n_action_steps=2]
     diffpolicy-eval checkpoint=runs/pusht/unet_flow_h8_... sampler=euler steps=4 shift=0.2   # flow time grid
     diffpolicy-eval checkpoint=runs/pusht/unet_ddpm_h8_... sampler=ddim steps=16 spacing=leading   # DDPM's
+    diffpolicy-eval checkpoint=... ++env_kwargs.<key>=<value>   # the task's env with other settings
 
 Reports the success rate with a 95% confidence interval and, separately, the mean per-episode *max* reward (for
 PushT the max-coverage score that the Diffusion Policy paper reports; it is much higher than the success rate at
@@ -28,6 +29,8 @@ def run(cfg: dict) -> dict:
     ckpt = resolve_checkpoint(cfg["checkpoint"])
     policy, config = load_policy(ckpt, use_ema=cfg.get("use_ema", True), device=device)
     task = config["task"]
+    if cfg.get("env_kwargs"):  # the same task under other env settings (a camera, a physics parameter)
+        task = {**task, "env_kwargs": {**task.get("env_kwargs", {}), **cfg["env_kwargs"]}}
     if cfg.get("accel", True):
         accelerate(policy)
     plan = policy.sampling_plan(cfg.get("sampler"), cfg.get("steps"), shift=cfg.get("shift"),

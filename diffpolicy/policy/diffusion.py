@@ -20,13 +20,23 @@ class DiffusionPolicy(Policy):
 
     def __init__(self, normalizer, encoder, objective: Objective, net: ConditionalUnet1D, action_dim: int,
                  horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8, sampler: str = "ddim",
-                 steps: int = 16, action_key: str = "action"):
+                 steps: int = 16, action_key: str = "action", noise_draws: int = 1):
         super().__init__(normalizer, encoder, action_dim, horizon, n_obs_steps, n_action_steps, action_key)
         net.check_horizon(horizon)
+        if int(noise_draws) < 1:
+            raise ValueError(f"noise_draws must be >= 1, got {noise_draws}")
         self.objective, self.net = objective, net
         self.sampler, self.steps = sampler, steps
+        self.noise_draws = int(noise_draws)
 
     def loss(self, cond, action, generator, noise=None):
+        """Objective loss of chunks ``(B, T, Da)`` given conditions ``(B, C)``. With ``noise_draws = K > 1`` each
+        window is noised at K independent (time, noise) draws: the denoiser sees K x B samples for one encoder pass,
+        which pays when the observation encoder (cameras) costs more than the denoiser."""
+        if self.noise_draws > 1:
+            cond, action = cond.repeat_interleave(self.noise_draws, 0), action.repeat_interleave(self.noise_draws, 0)
+            if noise is not None:
+                noise = noise.repeat_interleave(self.noise_draws, 0)
         return self.objective.loss(self.net, action, cond, generator=generator, noise=noise)
 
     def sampling_plan(self, sampler: str | None = None, steps: int | None = None, shift: float | None = None,

@@ -9,7 +9,7 @@ import torch
 
 from ..core.normalize import Normalizer
 from ..core.objectives import make_objective
-from ..nets.encoders import ObservationEncoder
+from ..nets.encoders import ObservationEncoder, place_for_device
 from ..nets.unet1d import ConditionalUnet1D
 from .base import Policy
 from .checkpoint import load_config, load_tensors, resolve_checkpoint
@@ -25,7 +25,8 @@ def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Map
     """
     enc = cfg.get("encoder", {})
     encoder = ObservationEncoder(obs_shapes, image_keys, cfg["n_obs_steps"], enc.get("image_width", 64),
-                                 enc.get("image_features", 64))
+                                 enc.get("image_features", 64), enc.get("image_encoder", "resnet18_gn"),
+                                 enc.get("image_keypoints", 32), enc.get("image_channels"), enc.get("image_strides"))
     geometry = dict(action_dim=action_dim, horizon=cfg["horizon"], n_obs_steps=cfg["n_obs_steps"],
                     n_action_steps=cfg["n_action_steps"])
     if cfg["type"] == "diffusion":
@@ -33,7 +34,7 @@ def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Map
         net = ConditionalUnet1D(action_dim, encoder.out_dim, 0, u.get("down_dims", (256, 512, 1024)),
                                 u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256))
         return DiffusionPolicy(normalizer, encoder, make_objective(cfg["objective"]), net, sampler=cfg["sampler"],
-                               steps=cfg["steps"], **geometry)
+                               steps=cfg["steps"], noise_draws=cfg.get("noise_draws", 1), **geometry)
     if cfg["type"] == "mlp_bc":
         return MLPBCPolicy(normalizer, encoder, hidden=cfg.get("hidden", (512, 512, 512)), **geometry)
     raise ValueError(f"policy type must be 'diffusion' or 'mlp_bc', got {cfg['type']!r}")
@@ -66,4 +67,4 @@ def load_policy(path: str | Path, use_ema: bool = True, device: str | torch.devi
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    return policy.to(device).eval(), config
+    return place_for_device(policy, device).eval(), config

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.ema import EMA
+from ..nets.encoders import place_for_device
 from ..policy.checkpoint import (
     load_tensors,
     load_train_state,
@@ -42,6 +43,7 @@ class TrainConfig:
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999
     checkpoint_every: int = 1000
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 keeps all (to evaluate a run at several budgets)
     log_every: int = 50
     eval_every: int = 0  # 0: evaluate only at the end (if an evaluate callback is given)
     seed: int = 0
@@ -111,7 +113,7 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
     rank, world = distributed_context()
     device = device or pick_device()
     run_dir = Path(run_dir)
-    model.to(device)
+    place_for_device(model, device)  # on CUDA camera encoders go channels-last
     ema = EMA(model, power=cfg.ema_power, max_decay=cfg.ema_max_decay)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -122,7 +124,7 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
                             fused=True)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, cfg.steps)
-    start = 0
+    start, seconds_before = 0, 0.0  # steps and training seconds (evaluation excluded) of earlier processes
     ckpt_root = run_dir / "checkpoints"
     if rank == 0 and ckpt_root.is_dir():
         for p in remove_stale_temporaries(ckpt_root):
@@ -135,6 +137,7 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         ema.step, start = int(state["ema_step"]), int(state["step"])
+        seconds_before = float(state.get("train_seconds", 0.0))
         torch.set_rng_state(state["torch_rng"])
         if rank == 0:
             print(f"resumed from {ckpt} at step {start}")
@@ -151,13 +154,23 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
         # purge_step: a resumed run drops the events a killed run logged after its last checkpoint (no duplicates)
         writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None)
 
+    report_seconds = 0.0  # spent in evaluation / validation callbacks, not training
+
     def checkpoint(step: int) -> Path:
+        train_seconds = seconds_before + time.perf_counter() - t0 - report_seconds
         return save_checkpoint(
             ckpt_root, step, {"model": model.state_dict(), "ema": ema.model.state_dict()}, config,
             {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "ema_step": ema.step,
-             "torch_rng": torch.get_rng_state(), "train": asdict(cfg)})
+             "torch_rng": torch.get_rng_state(), "train": asdict(cfg), "train_seconds": train_seconds},
+            keep=cfg.keep_checkpoints)
 
     def report(step: int) -> None:
+        nonlocal report_seconds
+        t_report = time.perf_counter()
+        report_callbacks(step)
+        report_seconds += time.perf_counter() - t_report
+
+    def report_callbacks(step: int) -> None:
         if validate is not None:
             writer.add_scalar("val/loss", validate(ema.model), step)
         if evaluate is not None:
