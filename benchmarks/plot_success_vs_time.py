@@ -5,7 +5,8 @@
         "Diffusion Policy recipe (brief)=15:0:0,30:0.08:0,45:0.36:0"
 
 A ``label=run_dir`` curve reads ``run_dir/eval_history.jsonl`` (``train_seconds``, ``success_rate``; evaluation time
-excluded); a ``label=min:rate[:episodes],...`` curve gives its points directly, for runs evaluated from saved
+excluded); ``label=file.jsonl`` reads such rows from a file (``eval_checkpoints.py`` writes one per run, with each
+row's episode count); a ``label=min:rate[:episodes],...`` curve gives its points directly, for runs evaluated from saved
 checkpoints or measured elsewhere. Error bars: the 95% Wilson interval for the point's episodes (``--episodes`` by
 default; 0 draws none).
 """
@@ -25,9 +26,11 @@ from plot_success_vs_steps import draw, save  # noqa: E402  (this folder)
 
 def points(source: str, episodes: int) -> list[tuple[float, float, int]]:
     """``[(minutes, success, episodes)]`` from a run directory or a ``min:rate[:episodes],...`` list."""
-    if Path(source).is_dir():
-        rows = [json.loads(line) for line in (Path(source) / "eval_history.jsonl").read_text().splitlines()]
-        return [(r["train_seconds"] / 60, r["success_rate"], episodes) for r in rows]
+    path = Path(source)
+    if path.is_dir() or path.suffix == ".jsonl":
+        path = path / "eval_history.jsonl" if path.is_dir() else path
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return [(r["train_seconds"] / 60, r["success_rate"], r.get("n_episodes", episodes)) for r in rows]
     return [(float(f[0]), float(f[1]), int(f[2]) if len(f) > 2 else episodes)
             for f in (p.split(":") for p in source.split(","))]
 

@@ -110,6 +110,7 @@ def _config(variant, dataset, run_dir):
                    "obs_keys": ["pos", *kw["cameras"]], "action_key": "action", "crop_shape": [CROP, CROP],
                    "n_demos": 8}
     cfg["policy"]["unet"]["down_dims"] = [16, 32]
+    cfg["policy"]["n_obs_steps"] = 2  # two frames through each camera's one backbone
     cfg["policy"]["encoder"].update(image_channels=[8, 16], image_strides=[2, 1], image_keypoints=8)
     cfg["training"]["eval"]["video_episodes"] = 0
     return cfg
