@@ -120,7 +120,7 @@ IMAGE_ENCODERS = ("resnet18_gn", "conv")
 def place_for_device(module: nn.Module, device: torch.device | str) -> nn.Module:
     """Move ``module`` to ``device``; on CUDA its 2-D convolution weights go channels-last (NHWC), the layout of
     cuDNN's fastest convolutions (with bf16 / tensor cores), matched by the encoder's input. On the CPU the default
-    layout stays: channels-last was slower there for these encoders (``benchmarks/results/encoders.md``)."""
+    layout stays: channels-last bought nothing there for these encoders (``benchmarks/results/encoders.md``)."""
     device = torch.device(device)
     module.to(device)
     if device.type == "cuda":
