@@ -22,19 +22,19 @@ class FakeReachEnv(gym.Env):
 
     control_hz = 7
 
-    def __init__(self, obs_type="dict"):
-        self.obs_type = obs_type
+    def __init__(self, obs_type="dict", img_size=8):
+        self.obs_type, self.img_size = obs_type, img_size
         low = np.array([-10, -10], np.float32)
         parts = {"state": spaces.Box(low, -low, dtype=np.float32)}
         if obs_type == "pixels":
-            parts["img"] = spaces.Box(0, 255, (8, 8, 3), np.uint8)
+            parts["img"] = spaces.Box(0, 255, (img_size, img_size, 3), np.uint8)
         self.observation_space = spaces.Dict(parts)
         self.action_space = spaces.Box(-1, 1, (1,), np.float32)
 
     def _obs(self):
         obs = {"state": np.array([self.x, self.target], np.float32)}
         if self.obs_type == "pixels":
-            img = np.zeros((8, 8, 3), np.uint8)
+            img = np.zeros((self.img_size, self.img_size, 3), np.uint8)
             img[:, int(np.clip(self.x + 4, 0, 7))] = 255
             obs["img"] = img
         return obs
@@ -143,6 +143,20 @@ def test_keep_failed_and_overwrite(tmp_path):
     assert ReplayBuffer.open(out).n_episodes == 4
     collect_dataset(TASK, n_episodes=2, out=str(out), workers=1, overwrite=True, progress=False)
     assert ReplayBuffer.open(out).n_episodes == 2
+
+
+def test_parallel_collection_stops_cleanly_with_large_episodes_in_flight(tmp_path):
+    """Enough episodes kept while workers still hold ~9 MB pixel episodes (512x512 frames): the collection ends, the
+    in-flight episodes finishing and the queued ones cancelled (a subprocess, so a hang fails by its timeout)."""
+    code = (f"from {__name__} import TASK\n"
+            "from diffpolicy.data.collect import collect_dataset\n"
+            "task = {**TASK, 'env_kwargs': {'obs_type': 'pixels', 'img_size': 512}}\n"
+            f"collect_dataset(task, n_episodes=2, out={str(tmp_path / 'big.zarr')!r}, workers=2, max_attempts=40, "
+            "progress=False)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ReplayBuffer.open(tmp_path / "big.zarr").n_episodes == 2
 
 
 def test_interrupted_collection_leaves_nothing(tmp_path):

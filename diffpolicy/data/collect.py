@@ -12,9 +12,12 @@ an interrupted collection leaves no dataset under the final name. This module do
 from __future__ import annotations
 
 import importlib
+import itertools
 import multiprocessing as mp
 import os
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -124,7 +127,11 @@ def _run_in_worker(job: tuple[int, int]) -> Episode:
 
 
 def rollouts(spec: RolloutSpec, seed: int, max_attempts: int, workers: int) -> Iterator[Episode]:
-    """Episodes ``0 .. max_attempts-1`` in order; ``workers > 1`` runs them in a spawned process pool."""
+    """Episodes ``0 .. max_attempts-1`` in order; ``workers > 1`` runs them in spawned worker processes.
+
+    At most ``2 * workers`` episodes are in flight. When the caller stops early (enough episodes kept, or an error),
+    the queued ones are cancelled and the running ones finish before the workers exit: killing workers mid-episode
+    (``Pool.terminate``) could hang on a worker blocked writing a large pixel episode to the result pipe."""
     jobs = ((i, seed + i) for i in range(max_attempts))
     if workers <= 1:
         roller = Roller(spec)
@@ -134,12 +141,16 @@ def rollouts(spec: RolloutSpec, seed: int, max_attempts: int, workers: int) -> I
         finally:
             roller.close()
         return
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(spec,))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(spec,))
+    pending = deque(pool.submit(_run_in_worker, job) for job in itertools.islice(jobs, 2 * workers))
     try:
-        yield from pool.imap(_run_in_worker, jobs, chunksize=1)
+        while pending:
+            episode = pending.popleft().result()
+            pending.extend(pool.submit(_run_in_worker, job) for job in itertools.islice(jobs, 1))
+            yield episode
     finally:
-        pool.terminate()  # stop the attempts still queued once enough episodes are kept (or on error)
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def collect(spec: RolloutSpec, n_episodes: int, out: str | os.PathLike, seed: int = 0, workers: int = 2,
