@@ -5,8 +5,8 @@ steps, ending in a spatial-softmax keypoint head. Two families (``image_encoder`
 
 - ``resnet18_gn``: ResNet-18 layout with GroupNorm instead of BatchNorm (batch statistics misbehave with EMA weights
   and small batches), the recipe of Diffusion Policy;
-- ``conv``: a few 3x3 convolutions (GroupNorm, ReLU) at small strides, ~10x cheaper per image: what a CPU budget
-  affords (``benchmarks/RESULTS.md``, visuomotor section).
+- ``conv``: a few 3x3 convolutions (GroupNorm, ReLU) at small strides, 11-20x faster per image than the width-64
+  ResNet: what a CPU budget affords (``benchmarks/RESULTS.md``, "Policies from cameras").
 
 Images are float ``(C, H, W)`` in [0, 1] with any channel count (RGB, depth or grayscale, stacked modalities): the
 first convolution takes ``C`` from the key's shape.
