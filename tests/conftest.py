@@ -51,8 +51,14 @@ def wait_until():
     return _wait_until
 
 
-def _tiny_checkpoint(root, objective: str = "ddpm", seed: int = 0):
-    """A (16, 32) U-Net diffusion policy for TwoPath (state (4,) -> action (2,)) saved as ``load_policy`` expects."""
+TINY_DENOISERS = {"unet": {"unet": {"down_dims": [16, 32], "kernel_size": 5, "n_groups": 8, "time_embed_dim": 32}},
+                  "transformer": {"denoiser": "transformer", "transformer": {"d_model": 32, "n_layers": 2,
+                                                                             "n_heads": 4, "time_embed_dim": 32}}}
+
+
+def _tiny_checkpoint(root, objective: str = "ddpm", seed: int = 0, denoiser: str = "unet"):
+    """A (16, 32) U-Net (or a 2-block transformer) diffusion policy for TwoPath (state (4,) -> action (2,)) saved
+    as ``load_policy`` expects."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     data = {"state": rng.uniform(-1, 1, (256, 4)).astype(np.float32),
@@ -60,11 +66,14 @@ def _tiny_checkpoint(root, objective: str = "ddpm", seed: int = 0):
     normalizer = Normalizer.fit(data, {"state": "minmax", "action": "minmax"})
     obj = {"type": "ddpm", "num_train_timesteps": 100, "prediction": "epsilon", "clip_x0": 1.0} \
         if objective == "ddpm" else {"type": "flow"}
-    pcfg = {"name": f"unet_{objective}", "type": "diffusion", "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
-            "objective": obj, "unet": {"down_dims": [16, 32], "kernel_size": 5, "n_groups": 8, "time_embed_dim": 32},
-            "sampler": "ddim", "steps": 4}
+    pcfg = {"name": f"{denoiser}_{objective}", "type": "diffusion", "horizon": 16, "n_obs_steps": 2,
+            "n_action_steps": 8, "objective": obj, **TINY_DENOISERS[denoiser], "sampler": "ddim", "steps": 4}
     shapes = {"obs": {"state": [4]}, "action_dim": 2}
     policy = build_policy(pcfg, normalizer, {"state": (4,)}, [], 2)
+    if denoiser == "transformer":  # its zero-initialised gates and output would make every chunk 0
+        with torch.no_grad():
+            for p in policy.net.parameters():
+                p.normal_(0.0, 0.1)
     config = {"policy": pcfg, "shapes": shapes,
               "task": {"name": "two_path", "env_id": TWO_PATH, "env_kwargs": {"obs_type": "dict"},
                        "obs_keys": ["state"], "image_keys": [], "action_key": "action"}}
@@ -159,7 +168,8 @@ class SteppedInference:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint():
-    """``tiny_checkpoint(root, objective="ddpm" | "flow", seed=0) -> root``: an untrained TwoPath U-Net checkpoint."""
+    """``tiny_checkpoint(root, objective="ddpm" | "flow", seed=0, denoiser="unet" | "transformer") -> root``: an
+    untrained TwoPath checkpoint."""
     return _tiny_checkpoint
 
 
@@ -391,8 +401,11 @@ def _train_config(dataset, run_dir, policy):
     cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg["task"] = {"name": "two_path", "env_id": TWO_PATH, "env_kwargs": {"obs_type": "dict"},
                    "dataset": str(dataset), "obs_keys": ["state"], "action_key": "action", "n_demos": 6}
-    if policy != "mlp_bc":
+    if policy.startswith("unet"):
         cfg["policy"]["unet"]["down_dims"] = [16, 32]
+    if policy.startswith("transformer"):
+        cfg["policy"]["transformer"].update(d_model=32, n_layers=2)
+        cfg["policy"].update(horizon=16, n_action_steps=8)  # the other policies' chunk geometry
     if policy == "mlp_bc":
         cfg["training"]["eval_every"] = 15  # periodic rollouts: success against wall time
     if policy != "unet_ddpm":

@@ -14,14 +14,20 @@ from diffpolicy.core.schedules import flow_sampling_schedule
 from diffpolicy.policy.factory import load_policy
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_checkpoint):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ctrl") / "ckpt")
+@pytest.fixture(scope="module", params=["unet", "transformer"])
+def denoiser(request):
+    """Every controller test runs on both denoisers."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def flow_ckpt(tmp_path_factory, tiny_checkpoint):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ctrl_flow") / "ckpt", objective="flow")
+def ckpt(tmp_path_factory, tiny_checkpoint, denoiser):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ctrl") / "ckpt", denoiser=denoiser)
+
+
+@pytest.fixture(scope="module")
+def flow_ckpt(tmp_path_factory, tiny_checkpoint, denoiser):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ctrl_flow") / "ckpt", objective="flow", denoiser=denoiser)
 
 
 def states(n, seed=0):

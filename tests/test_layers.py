@@ -6,7 +6,7 @@ from pathlib import Path
 import diffpolicy
 
 # Lower rank = lower layer. A module may import its own package and any package of a lower rank.
-RANKS = {"core": 0, "nets": 0, "data": 1, "accel": 2, "policy": 3, "eval": 4, "training": 5, "control": 6,
+RANKS = {"core": 0, "nets": 0, "data": 1, "accel": 2, "policy": 3, "eval": 4, "export": 4, "training": 5, "control": 6,
          "imagegen": 6, "cli": 7}
 ROOT = Path(diffpolicy.__file__).parent
 

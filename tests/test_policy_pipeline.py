@@ -14,9 +14,11 @@ from diffpolicy.cli import eval as eval_cli
 from diffpolicy.training import run as train_run
 from diffpolicy.policy.factory import load_policy
 
-@pytest.mark.parametrize("policy", ["unet_ddpm", "unet_flow", "mlp_bc"])
+@pytest.mark.parametrize("policy", ["unet_ddpm", "unet_flow", "transformer_flow", "mlp_bc"])
 def test_train_evaluate_reload(train_config, fake_clock, tmp_path, policy):
-    fake_clock(train_run, per_read=1.0)  # the run's wall-time clock (eval_history's train_seconds): 1 s per read
+    from diffpolicy.training import loop
+
+    fake_clock(loop, per_read=1.0)  # the loop's training clock (eval_history's train_seconds): 1 s per read
     summary = train_run.run(train_config(tmp_path / "run", policy))
     assert summary["n_episodes"] == 2 and 0 <= summary["success_rate"] <= 1
     assert (tmp_path / "run/eval/summary.png").is_file()
@@ -43,8 +45,8 @@ def test_train_evaluate_reload(train_config, fake_clock, tmp_path, policy):
         assert short["chunks"] == -(-short["length"] // 2) and full["chunks"] == -(-full["length"] // 8)
     shifted = {"checkpoint": str(tmp_path / "run"), "n_episodes": 2, "n_envs": 2, "seed": 5, "shift": 0.5,
                "video_episodes": 0, "out": str(tmp_path / "ev3")}
-    if policy == "unet_flow":
-        assert eval_cli.run(shifted)["shift"] == 0.5 and res["shift"] == 1.0
+    if policy in ("unet_flow", "transformer_flow"):
+        assert eval_cli.run(shifted)["shift"] == 0.5 and res["shift"] == policy_obj.objective.sampling_shift
         assert (tmp_path / "ev3/summary.json").is_file()
         a = policy_obj.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"]
         policy_obj.objective.sampling_shift = 0.5  # a denser time grid near the data changes the 4-step samples
@@ -115,3 +117,12 @@ def test_every_shipped_policy_config_builds_a_policy_at_pusht_shapes(name):
     out = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
     assert out["action"].shape == (2, cfg["policy"]["n_action_steps"], 2)
     assert out["action_pred"].shape == (2, cfg["policy"]["horizon"], 2) and torch.isfinite(out["action"]).all()
+
+
+def test_zero_evaluation_episodes_skip_the_final_evaluation(train_config, tmp_path, capsys):
+    config = train_config(tmp_path / "run", "mlp_bc")
+    config["training"]["eval"] = {"n_episodes": 0}
+    config["training"]["eval_every"] = 0
+    assert train_run.run(config) == {}
+    assert (tmp_path / "run/checkpoints/latest").is_file() and not (tmp_path / "run/eval").exists()
+    assert "no final evaluation" in capsys.readouterr().out

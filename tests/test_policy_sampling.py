@@ -9,17 +9,29 @@ from diffpolicy.core.normalize import Normalizer
 from diffpolicy.core.objectives import DDPM, FlowMatching
 from diffpolicy.core.samplers import SAMPLERS
 from diffpolicy.nets.encoders import ObservationEncoder
+from diffpolicy.nets.transformer1d import TransformerDenoiser
 from diffpolicy.nets.unet1d import ConditionalUnet1D
 from diffpolicy.policy.diffusion import DiffusionPolicy
 from diffpolicy.policy.sampling import TimeTable
 
 
-def tiny_policy(objective):
+def tiny_net(denoiser: str, cond_dim: int):
+    """A small U-Net, or a transformer with random (not zero-initialised) gates and output, so it is not constant."""
+    if denoiser == "unet":
+        return ConditionalUnet1D(2, cond_dim, 0, (16, 32), 5, 4, 32)
+    net = TransformerDenoiser(2, cond_dim, 2, 8, d_model=32, n_layers=2, n_heads=4, time_embed_dim=32)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.1)
+    return net
+
+
+def tiny_policy(objective, denoiser="unet"):
     torch.manual_seed(0)
     norm = Normalizer.fit({"state": torch.randn(50, 4), "action": torch.randn(50, 2)},
                           {"state": "minmax", "action": "minmax"})
     enc = ObservationEncoder({"state": (4,)}, [], 2)
-    net = ConditionalUnet1D(2, enc.out_dim, 0, (16, 32), 5, 4, 32)
+    net = tiny_net(denoiser, enc.out_dim)
     return DiffusionPolicy(norm, enc, objective, net, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
                            sampler="euler", steps=4).eval()
 
@@ -27,11 +39,12 @@ def tiny_policy(objective):
 OBJECTIVES = {"ddpm": lambda: DDPM(100, clip_x0=None), "flow": lambda: FlowMatching(sampling_shift=0.5)}
 
 
+@pytest.mark.parametrize("denoiser", ["unet", "transformer"])
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_samplers_call_the_network_only_at_the_plans_grid_times(objective, sampler):
+def test_samplers_call_the_network_only_at_the_plans_grid_times(objective, sampler, denoiser):
     # TimeTable looks rows up by exact time: every network call must be at one of the grid's model times.
-    policy = tiny_policy(OBJECTIVES[objective]())
+    policy = tiny_policy(OBJECTIVES[objective](), denoiser)
     plan = policy.sampling_plan(sampler, 5)
     seen = []
     film = policy.net.time_film
@@ -47,9 +60,10 @@ def test_samplers_call_the_network_only_at_the_plans_grid_times(objective, sampl
     assert seen and all(set(t.tolist()) <= grid for t in seen)
 
 
+@pytest.mark.parametrize("denoiser", ["unet", "transformer"])
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
-def test_cached_time_table_gives_the_same_chunks(objective):
-    policy = tiny_policy(OBJECTIVES[objective]())
+def test_cached_time_table_gives_the_same_chunks(objective, denoiser):
+    policy = tiny_policy(OBJECTIVES[objective](), denoiser)
     cond, noise = torch.randn(2, policy.encoder.out_dim), torch.randn(2, 8, 2)
     with torch.no_grad():
         a = policy.sample_chunk(cond, policy.sampling_plan("heun", 3), noise=noise)
@@ -59,8 +73,9 @@ def test_cached_time_table_gives_the_same_chunks(objective):
     assert not torch.allclose(a, c)
 
 
-def test_time_table_rows_match_the_per_step_time_film():
-    net = ConditionalUnet1D(2, 6, 0, (16, 32), 5, 4, 32)
+@pytest.mark.parametrize("denoiser", ["unet", "transformer"])
+def test_time_table_rows_match_the_per_step_time_film(denoiser):
+    net = tiny_net(denoiser, 6)
     times = torch.tensor([90.0, 60.0, 30.0, 0.0, 60.0], dtype=torch.float64)  # model times, float64, one repeat
     table = TimeTable(net, times)
     with torch.no_grad():

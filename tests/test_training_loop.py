@@ -118,13 +118,21 @@ def test_keep_checkpoints_zero_keeps_every_budget_with_its_training_seconds(tmp_
 
     clock = fake_clock(loop, per_read=1.0)  # every clock read: 1 virtual second
     cfg = TrainConfig(steps=8, batch_size=16, warmup_steps=1, checkpoint_every=2, keep_checkpoints=0, eval_every=4)
-    slow_eval = lambda model, step: (clock.advance(1000.0), {})[1]  # noqa: E731
+    told = []  # the training seconds the loop hands to each evaluation
+
+    def slow_eval(model, step, train_seconds):
+        told.append(train_seconds)
+        clock.advance(1000.0)
+        return {}
+
     train(Toy(), batches, cfg, tmp_path, {}, evaluate=slow_eval)
     steps = sorted((tmp_path / "checkpoints").glob("step_*"))
     assert [p.name for p in steps] == [f"step_{s:08d}" for s in (2, 4, 6, 8)]
     seconds = [load_train_state(p)["train_seconds"] for p in steps]
     assert all(b > a for a, b in zip(seconds, seconds[1:]))
     assert seconds[-1] < 1000  # the evaluations' 2 x 1000 s are not training time
+    assert len(told) == 2 and told[1] < 1000  # evaluation sees the checkpoints' clock (its own time excluded)
+    assert told[0] > seconds[1] and told[1] > seconds[3]  # read just after the checkpoint of the same step
     cfg = TrainConfig(steps=10, batch_size=16, warmup_steps=1, checkpoint_every=2, keep_checkpoints=0)
     train(Toy(), batches, cfg, tmp_path, {}, resume=True)
     assert load_train_state(resolve_checkpoint(tmp_path))["train_seconds"] > seconds[-1]

@@ -57,7 +57,7 @@ from .safety import (
 )
 
 FAULT_POLICIES = ("hold", "safe_action", "raise")
-from .sampling import ChunkSampler
+from .sampling import ChunkSampler, policy_device
 from .worker import InferenceWorker
 
 
@@ -110,7 +110,7 @@ class Controller:
         if not 1 <= self.execute_steps <= self.H:
             raise ValueError(f"execute_steps must be in [1, {self.H}] (horizon - n_obs_steps + 1), "
                              f"got {self.execute_steps}")
-        self.device = next(policy.parameters()).device
+        self.device = policy_device(policy)
         # Intra-op threads for inference, only when asked (a process-wide setting in PyTorch). A batch-1 chunk
         # gains nothing from splitting small ops across cores, and on a loaded CPU OpenMP's spinning barriers made
         # a DDIM-4 chunk of the test U-Net take 2.7 s with 2 threads vs 2 ms with 1 (load average 8 on 2 cores).
@@ -176,6 +176,27 @@ class Controller:
         period = kwargs.pop("period", None) if control_hz is None else 1.0 / control_hz
         return cls(policy, task["obs_keys"], task.get("image_keys", []), task.get("crop_shape"),
                    obs_shapes=config["shapes"]["obs"], action_space=action_space, period=period,
+                   obs_spec=task.get("obs_spec"), **kwargs)
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, trusted: bool = False, action_space: Any = "data",
+                      control_hz: float | None = None, **kwargs) -> "Controller":
+        """Run an exported chunk function (a ``diffpolicy-export`` directory) instead of the PyTorch policy.
+
+        The artifact fixes the sampler and step count (:meth:`set_sampling` refuses others) and cannot inpaint
+        (no ``smoothing="rtc"``). ONNX runs in onnxruntime on the CPU (``num_threads`` sets its intra-op threads);
+        a ``torch_export`` artifact is read by ``torch.export.load``, which may unpickle: ``trusted=True`` only for
+        files you exported yourself. ``action_space`` and ``control_hz`` as in :meth:`from_checkpoint`.
+        """
+        from ..export import load_artifact
+
+        policy = load_artifact(path, trusted=trusted, num_threads=kwargs.pop("num_threads", None))
+        task = policy.meta["task"]
+        if isinstance(action_space, str) and action_space == "task":
+            action_space = _task_action_space(task)
+        period = kwargs.pop("period", None) if control_hz is None else 1.0 / control_hz
+        return cls(policy, task["obs_keys"], task.get("image_keys") or [], task.get("crop_shape"),
+                   obs_shapes=policy.meta["shapes"]["obs"], action_space=action_space, period=period,
                    obs_spec=task.get("obs_spec"), **kwargs)
 
     def warm_up(self, repeats: int = 2) -> float:
@@ -459,7 +480,7 @@ class Controller:
 def data_action_bounds(policy: Policy) -> tuple[np.ndarray, np.ndarray]:
     """``(low, high)`` ``(Da,)``: the training data's action range, the normaliser's image of [-1, 1]."""
     ends = torch.tensor([[-1.0], [1.0]]).expand(2, policy.action_dim)
-    lo, hi = policy.normalizer.unnormalize(policy.action_key, ends.to(next(policy.parameters()).device)).cpu()
+    lo, hi = policy.normalizer.unnormalize(policy.action_key, ends.to(policy_device(policy))).cpu()
     return torch.minimum(lo, hi).numpy(), torch.maximum(lo, hi).numpy()
 
 

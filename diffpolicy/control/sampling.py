@@ -21,6 +21,12 @@ import torch
 from ..policy.base import Policy
 
 
+def policy_device(policy) -> torch.device:
+    """Where ``policy`` computes: its ``device`` attribute (an exported artifact) or its parameters' device."""
+    device = getattr(policy, "device", None)
+    return device if isinstance(device, torch.device) else next(policy.parameters()).device
+
+
 class ChunkSampler:
     """``sampler(cond, noise, plan, mask=None, known=None, generator=None) -> (B, T, Da)`` normalised.
 
@@ -31,7 +37,7 @@ class ChunkSampler:
 
     def __init__(self, policy: Policy, cuda_graph: bool = False):
         self.policy = policy
-        device = next(policy.parameters()).device
+        device = policy_device(policy)
         if cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the policy on a CUDA device, it is on {device}")
         self.cuda_graph = cuda_graph
@@ -54,7 +60,8 @@ class ChunkSampler:
     def warm_up(self, cond: torch.Tensor, plan, repeats: int = 2) -> None:
         """Run the full sample ``repeats`` times (with and without a mask) so allocations, compilation and graphs
         exist before the first control period."""
-        noise = torch.zeros(cond.shape[0], self.policy.horizon, self.policy.action_dim, device=cond.device)
+        batch = (cond if torch.is_tensor(cond) else next(iter(cond.values()))).shape[0]  # an artifact's: a dict
+        noise = torch.zeros(batch, self.policy.horizon, self.policy.action_dim, device=policy_device(self.policy))
         mask = torch.zeros_like(noise, dtype=torch.bool)
         for _ in range(repeats):
             self(cond, noise, plan)

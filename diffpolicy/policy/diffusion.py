@@ -1,4 +1,4 @@
-"""Diffusion / flow-matching policy: observation encoder + conditional 1D U-Net + objective.
+"""Diffusion / flow-matching policy: observation encoder + denoiser (1D U-Net or transformer) + objective.
 
 The sampler, its step count and time grid are chosen at prediction time, as a sampling plan
 (``policy.sampling_plan("euler", 4)``, :mod:`~diffpolicy.policy.sampling`); the config's ``sampler``/``steps`` and
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core.objectives import Objective
+from ..nets.transformer1d import TransformerDenoiser
 from ..nets.unet1d import ConditionalUnet1D
 from .base import Policy
 from .sampling import SamplingPlan, TimeTable, make_plan
@@ -18,9 +19,9 @@ from .sampling import SamplingPlan, TimeTable, make_plan
 class DiffusionPolicy(Policy):
     supports_inpainting = True
 
-    def __init__(self, normalizer, encoder, objective: Objective, net: ConditionalUnet1D, action_dim: int,
-                 horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8, sampler: str = "ddim",
-                 steps: int = 16, action_key: str = "action", noise_draws: int = 1):
+    def __init__(self, normalizer, encoder, objective: Objective, net: ConditionalUnet1D | TransformerDenoiser,
+                 action_dim: int, horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8,
+                 sampler: str = "ddim", steps: int = 16, action_key: str = "action", noise_draws: int = 1):
         super().__init__(normalizer, encoder, action_dim, horizon, n_obs_steps, n_action_steps, action_key)
         net.check_horizon(horizon)
         if int(noise_draws) < 1:
@@ -56,7 +57,8 @@ class DiffusionPolicy(Policy):
         if noise is None:
             noise = torch.randn((cond.shape[0], self.horizon, self.action_dim), generator=generator,
                                 device=cond.device, dtype=cond.dtype)
-        # The condition's FiLM part once per chunk; the time parts of all steps in one batched call (or cached).
+        # The condition's part once per chunk (U-Net: FiLM; transformer: cross-attention keys/values); the time parts
+        # of all steps in one batched call (or cached).
         table = plan.time_table or TimeTable(self.net, plan.schedule.model_time[:-1])
         denoise = self.objective.denoiser(self.net.conditioned(cond, time_film=table))
         return plan.fn(denoise, noise, plan.schedule, generator=generator, mask=mask, known=known)

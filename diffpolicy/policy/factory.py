@@ -10,6 +10,7 @@ import torch
 from ..core.normalize import Normalizer
 from ..core.objectives import make_objective
 from ..nets.encoders import ObservationEncoder, place_for_device
+from ..nets.transformer1d import TransformerDenoiser
 from ..nets.unet1d import ConditionalUnet1D
 from .base import Policy
 from .checkpoint import load_config, load_tensors, resolve_checkpoint
@@ -30,14 +31,31 @@ def build_policy(cfg: Mapping[str, Any], normalizer: Normalizer, obs_shapes: Map
     geometry = dict(action_dim=action_dim, horizon=cfg["horizon"], n_obs_steps=cfg["n_obs_steps"],
                     n_action_steps=cfg["n_action_steps"])
     if cfg["type"] == "diffusion":
-        u = cfg.get("unet", {})
-        net = ConditionalUnet1D(action_dim, encoder.out_dim, 0, u.get("down_dims", (256, 512, 1024)),
-                                u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256))
+        net = build_denoiser(cfg, action_dim, encoder.out_dim)
         return DiffusionPolicy(normalizer, encoder, make_objective(cfg["objective"]), net, sampler=cfg["sampler"],
                                steps=cfg["steps"], noise_draws=cfg.get("noise_draws", 1), **geometry)
     if cfg["type"] == "mlp_bc":
         return MLPBCPolicy(normalizer, encoder, hidden=cfg.get("hidden", (512, 512, 512)), **geometry)
     raise ValueError(f"policy type must be 'diffusion' or 'mlp_bc', got {cfg['type']!r}")
+
+
+DENOISERS = ("unet", "transformer")
+
+
+def build_denoiser(cfg: Mapping[str, Any], action_dim: int, cond_dim: int) -> ConditionalUnet1D | TransformerDenoiser:
+    """The denoising network of a diffusion policy config: ``denoiser: unet`` (default; the ``unet`` section) or
+    ``transformer`` (the ``transformer`` section), conditioned on the observation embedding ``(B, cond_dim)``."""
+    kind = cfg.get("denoiser", "unet")
+    if kind == "unet":
+        u = cfg.get("unet", {})
+        return ConditionalUnet1D(action_dim, cond_dim, 0, u.get("down_dims", (256, 512, 1024)),
+                                 u.get("kernel_size", 5), u.get("n_groups", 8), u.get("time_embed_dim", 256))
+    if kind == "transformer":
+        t = cfg.get("transformer", {})
+        return TransformerDenoiser(action_dim, cond_dim, cfg["n_obs_steps"], cfg["horizon"], t.get("d_model", 256),
+                                   t.get("n_layers", 8), t.get("n_heads", 4), t.get("time_embed_dim", 128),
+                                   t.get("dropout", 0.1), t.get("causal", True))
+    raise ValueError(f"policy.denoiser must be one of {DENOISERS}, got {kind!r}")
 
 
 def load_policy(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",

@@ -103,12 +103,14 @@ def distributed_context() -> tuple[int, int]:
 
 def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg: TrainConfig, run_dir: str | Path,
           config: Mapping[str, Any], resume: bool = False,
-          evaluate: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
+          evaluate: Callable[[nn.Module, int, float], Mapping[str, float]] | None = None,
           validate: Callable[[nn.Module], float] | None = None, device: torch.device | None = None) -> EMA:
     """Train ``model`` for ``cfg.steps`` steps, checkpointing under ``run_dir/checkpoints``; returns the EMA.
 
-    ``evaluate(ema_model, step)`` (e.g. rollouts) and ``validate(ema_model)`` (validation loss) run on rank 0 every
-    ``cfg.eval_every`` / ``cfg.log_every * 10`` steps and at the end; their numbers go to tensorboard.
+    ``evaluate(ema_model, step, train_seconds)`` (e.g. rollouts) and ``validate(ema_model)`` (validation loss) run on
+    rank 0 every ``cfg.eval_every`` / ``cfg.log_every * 10`` steps and at the end; their numbers go to tensorboard.
+    ``train_seconds`` is the run's training wall time so far (callbacks excluded, earlier processes of a resumed run
+    included): the same clock the checkpoints record.
     """
     rank, world = distributed_context()
     device = device or pick_device()
@@ -156,12 +158,14 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
 
     report_seconds = 0.0  # spent in evaluation / validation callbacks, not training
 
+    def train_seconds() -> float:
+        return seconds_before + time.perf_counter() - t0 - report_seconds
+
     def checkpoint(step: int) -> Path:
-        train_seconds = seconds_before + time.perf_counter() - t0 - report_seconds
         return save_checkpoint(
             ckpt_root, step, {"model": model.state_dict(), "ema": ema.model.state_dict()}, config,
             {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "ema_step": ema.step,
-             "torch_rng": torch.get_rng_state(), "train": asdict(cfg), "train_seconds": train_seconds},
+             "torch_rng": torch.get_rng_state(), "train": asdict(cfg), "train_seconds": train_seconds()},
             keep=cfg.keep_checkpoints)
 
     def report(step: int) -> None:
@@ -174,7 +178,7 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
         if validate is not None:
             writer.add_scalar("val/loss", validate(ema.model), step)
         if evaluate is not None:
-            for k, v in evaluate(ema.model, step).items():
+            for k, v in evaluate(ema.model, step, train_seconds()).items():
                 writer.add_scalar(f"eval/{k}", v, step)
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc="train",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -192,24 +191,24 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                         n_envs=eval_cfg.get("n_envs", 10), video_episodes=video_episodes,
                         video_dir=out, device=device)
 
-    clock = {"start": time.perf_counter(), "eval": 0.0}
-
-    def periodic_eval(model, step: int) -> dict:
-        """Rollouts during training, appended to eval_history.jsonl with the training wall time (eval excluded)."""
-        t0 = time.perf_counter()
-        train_seconds = t0 - clock["start"] - clock["eval"]  # of this process (a resumed run restarts the clock)
+    def periodic_eval(model, step: int, train_seconds: float) -> dict:
+        """Rollouts during training, appended to eval_history.jsonl with the loop's training wall time."""
         s = rollouts(model, step)
-        clock["eval"] += time.perf_counter() - t0
         row = {"step": step, "train_seconds": round(train_seconds, 3), "success_rate": s["success_rate"],
                "mean_max_reward": s["mean_max_reward"]}
         with open(run_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         return {k: row[k] for k in ("success_rate", "mean_max_reward")}
 
+    n_eval = eval_cfg.get("n_episodes", 50)
     ema = train(policy, batch_fn, train_cfg, run_dir, config, resume=bool(cfg.get("resume")),
-                evaluate=periodic_eval if train_cfg.eval_every else None, validate=validate if val else None,
-                device=device)
+                evaluate=periodic_eval if train_cfg.eval_every and n_eval > 0 else None,
+                validate=validate if val else None, device=device)
     if rank != 0:
+        return {}
+    if n_eval <= 0:
+        print(f"training.eval.n_episodes=0: no final evaluation; wrote checkpoints and tensorboard logs to "
+              f"{run_dir.resolve()}")
         return {}
     out = run_dir / "eval"
     summary = rollouts(ema.model.eval(), train_cfg.steps, eval_cfg.get("video_episodes", 0), out / "videos")
