@@ -86,3 +86,28 @@ def test_reflow_run_starts_from_the_teacher_and_trains_on_its_samples(two_path_d
     cfg["reflow"] = {"teacher": str(tmp_path / "ddpm"), "copies": 1}
     with pytest.raises(ValueError, match="reflow needs a flow-matching teacher"):
         train_run.run(cfg)
+
+
+def test_distill_run_starts_from_the_teacher_and_samples_in_one_step(train_config, tmp_path):
+    """distill.teacher: the student copies the teacher, trains with the consistency-distillation objective (the
+    teacher's net fixed inside it, the student's observation encoder frozen), and its config samples with one Euler
+    step; the checkpoint loads as a plain flow policy."""
+    teacher_dir = tmp_path / "teacher"
+    cfg = train_config(teacher_dir, "unet_flow")
+    cfg["training"].update(steps=20, eval={"n_episodes": 0})
+    train_run.run(cfg)
+    teacher, tcfg = load_policy(teacher_dir)
+    cfg = train_config(tmp_path / "student", "unet_ddpm")  # policy= is replaced by the teacher's
+    cfg["distill"] = {"teacher": str(teacher_dir), "grid_steps": 4, "shift": None, "sample_steps": 1}
+    cfg["training"].update(steps=10, eval={"n_episodes": 2, "n_envs": 2, "video_episodes": 0}, eval_every=0)
+    summary = train_run.run(cfg)
+    assert summary["n_episodes"] == 2
+    student, scfg = load_policy(tmp_path / "student")
+    assert (scfg["policy"]["sampler"], scfg["policy"]["steps"]) == ("euler", 1)
+    assert {k: v for k, v in scfg["policy"].items() if k not in ("sampler", "steps")} == \
+        {k: v for k, v in tcfg["policy"].items() if k not in ("sampler", "steps")}
+    moved = [not torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values())]
+    assert any(moved)
+    cfg["reflow"], cfg["run_dir"] = {"teacher": str(teacher_dir)}, str(tmp_path / "both")
+    with pytest.raises(ValueError, match="reflow.teacher and distill.teacher are both set"):
+        train_run.run(cfg)

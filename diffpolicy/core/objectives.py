@@ -228,6 +228,57 @@ class FlowMatching(Objective):
         return flow_sampling_schedule(steps, self.sampling_shift if shift is None else shift, self.time_scale)
 
 
+class ConsistencyDistillation(Objective):
+    """Consistency distillation (Song et al. 2023) of a teacher into a student that samples in one step.
+
+    The consistency function of a network is its x0 estimate, ``f(x, t) = x0_hat`` of the denoiser view: at the
+    clean end it is the identity (the boundary condition holds by construction), and from pure noise it is exactly
+    what one DDIM / Euler step returns. Distillation makes ``f`` constant along the teacher's probability-flow ODE:
+    for a point ``x_n = alpha_n x0 + sigma_n noise`` on the teacher's grid (``schedule``, noise to data), one
+    teacher step gives ``x_{n+1}``, and the student's ``f(x_n, t_n)`` regresses onto its own stop-gradient
+    ``f(x_{n+1}, t_{n+1})`` (the target network of improved consistency training: no EMA copy). At ``n + 1 = N``
+    the target is ``x_{n+1}`` itself, which anchors the chain at the data.
+
+    Sampling is the base objective's (``denoiser`` and ``sampling_schedule`` delegate to it): ``euler`` or ``ddim``
+    with 1 step is the one-step consistency sample, more steps are multistep consistency sampling. ``teacher`` is a
+    network of the same objective and condition (a frozen copy of the student's starting point).
+    """
+
+    def __init__(self, base: Objective, teacher: Net, schedule: SamplingSchedule):
+        if schedule.num_steps < 1:
+            raise ValueError("consistency distillation needs a teacher grid of at least one step")
+        self.base, self.teacher, self.schedule = base, teacher, schedule
+        self.prediction, self.clip_x0, self.clip_keeps_noise = base.prediction, base.clip_x0, base.clip_keeps_noise
+
+    def loss(self, net, x0, cond=None, generator=None, reduce=True, noise=None):
+        """Mean squared distance between the student's x0 estimates at ``x_n`` and (stop-gradient) at ``x_{n+1}``,
+        ``n`` uniform over the grid's steps, per sample."""
+        s = self.schedule.to(device=x0.device, dtype=x0.dtype)
+        n = torch.randint(0, s.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        a, sg, a1, sg1 = (_bcast(v, x0) for v in (s.alpha[n], s.sigma[n], s.alpha[n + 1], s.sigma[n + 1]))
+        x = a * x0 + sg * noise
+        with torch.no_grad():  # one deterministic (DDIM = Euler on flow paths) step of the teacher
+            x0_t, eps_t = self.base.denoiser(self.teacher, cond)(x, s.model_time[n], a, sg)
+            x_next = a1 * x0_t + sg1 * eps_t
+            target = self._x0(net, x_next, s.model_time[n + 1], a1, sg1, cond)
+            target = torch.where(sg1 == 0, x_next, target)  # at the data end f is the identity
+        pred = self._x0(net, x, s.model_time[n], a, sg, cond)
+        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        return per_sample.mean() if reduce else per_sample
+
+    def _x0(self, net, x, model_time, alpha, sigma, cond):
+        """The consistency function: the base objective's x0 estimate at per-sample times."""
+        return self.base.denoiser(net, cond)(x, model_time, alpha, sigma)[0]
+
+    def sampling_schedule(self, steps: int, **kwargs) -> SamplingSchedule:
+        return self.base.sampling_schedule(steps, **kwargs)
+
+    def denoiser(self, net, cond=None, null_cond=None, guidance=0.0):
+        return self.base.denoiser(net, cond, null_cond, guidance)
+
+
 def make_objective(cfg: dict[str, Any]) -> Objective:
     """``{"type": "ddpm" | "flow", ...constructor keywords}`` -> objective (the ``objective`` section of a config)."""
     cfg = dict(cfg)

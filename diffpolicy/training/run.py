@@ -1,8 +1,9 @@
 """A training run from its config (``diffpolicy-train``): dataset, policy, batches, the loop, evaluation.
 
-``run(cfg)`` takes the composed config as a plain dict (``task``, ``policy``, ``training``, ``reflow``, ``run_dir``,
-``resume``, ``device``, ``accel``) and wires the pieces: the task's dataset (collected with its scripted expert when
-missing), the normaliser fitted on it, the policy (a reflow student copies its teacher), step batches, periodic
+``run(cfg)`` takes the composed config as a plain dict (``task``, ``policy``, ``training``, ``reflow``, ``distill``,
+``run_dir``, ``resume``, ``device``, ``accel``) and wires the pieces: the task's dataset (collected with its scripted
+expert when missing), the normaliser fitted on it, the policy (a reflow or consistency-distillation student copies
+its teacher), step batches, periodic
 validation loss and rollouts, the shared loop, and the final evaluation. Outputs (checkpoints, tensorboard logs,
 evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
 """
@@ -18,7 +19,7 @@ import torch
 import yaml
 
 from ..accel import accelerate
-from ..core.objectives import make_objective
+from ..core.objectives import ConsistencyDistillation, make_objective
 from ..core.samplers import check_steps, get_sampler
 from ..data.collect import collect_dataset
 from ..data.dataset import WindowDataset
@@ -130,14 +131,19 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     dataset_path = ensure_dataset(task) if rank == 0 else task["dataset"]
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # other ranks wait for rank 0's collection
-    reflow = cfg.get("reflow") or {}
-    teacher = None
-    if reflow.get("teacher"):  # the student is a copy of the teacher: its architecture, normaliser and weights
-        teacher, tconfig = load_policy(reflow["teacher"], use_ema=True, device=device)
+    reflow, distill = cfg.get("reflow") or {}, cfg.get("distill") or {}
+    if reflow.get("teacher") and distill.get("teacher"):
+        raise ValueError("reflow.teacher and distill.teacher are both set: a run either reflows or distils")
+    teacher, mode = None, "reflow" if reflow.get("teacher") else "distill" if distill.get("teacher") else None
+    if mode:  # the student is a copy of the teacher: its architecture, normaliser and weights
+        source = (reflow if mode == "reflow" else distill)["teacher"]
+        teacher, tconfig = load_policy(source, use_ema=True, device=device)
         if tconfig["task"]["env_id"] != task["env_id"]:
-            raise ValueError(f"reflow teacher {reflow['teacher']} was trained on {tconfig['task']['env_id']!r}, "
+            raise ValueError(f"{mode} teacher {source} was trained on {tconfig['task']['env_id']!r}, "
                              f"not on this run's task {task['env_id']!r}")
         pcfg = tconfig["policy"]
+        if mode == "distill":  # the student samples in distill.sample_steps (default one) Euler steps
+            pcfg = {**pcfg, "sampler": "euler", "steps": int(distill.get("sample_steps", 1))}
     geometry = dict(horizon=pcfg["horizon"], n_obs_steps=pcfg["n_obs_steps"], n_action_steps=pcfg["n_action_steps"])
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
@@ -167,7 +173,14 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
         print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
               f"{len(data)} training windows")
 
-    if teacher:
+    if mode == "distill":
+        plan = teacher.sampling_plan("euler", distill.get("grid_steps", 16), shift=distill.get("shift"))
+        policy.objective = ConsistencyDistillation(policy.objective, teacher.net.eval().requires_grad_(False),
+                                                   plan.schedule)
+        # the teacher's net reads the student's observation features: they stay the teacher's (encoder frozen)
+        policy.encoder.requires_grad_(False)
+        batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
+    elif teacher:
         plan = teacher.sampling_plan(reflow.get("sampler", "euler"), reflow.get("steps", 16), shift=reflow.get("shift"))
         couplings = make_couplings(teacher, data, plan, reflow.get("copies", 2), seed=train_cfg.seed, device=device)
         del teacher
