@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffpolicy.accel import accelerate, compile_trunk
+from diffpolicy.accel import accelerate, compile_trunk, tune_process
 from diffpolicy.export import export_checkpoint, load_artifact
 from diffpolicy.export.artifact import example_inputs
 from diffpolicy.export.chunk import ChunkFunction
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the trunk (minutes per net)")
     ap.add_argument("--out", default=None, help="append the table to this markdown file")
     args = ap.parse_args()
+    tune_process()  # as the CLIs do (MKL's batch-1 mode); onnxruntime is unaffected
     rows = []
     for ckpt in args.checkpoints:
         for spec in args.plans:

@@ -90,3 +90,31 @@ def test_cli_prints_where_it_wrote(tiny_checkpoint, tmp_path):
                          timeout=600)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert f"wrote {tmp_path / 'art' / 'chunk.pt2'}" in cli.stdout and "largest difference" in cli.stdout
+
+
+@pytest.mark.parametrize("encoder", ["conv", "resnet18_gn"])
+def test_camera_policies_export_with_their_image_encoder(tmp_path, encoder):
+    """The image encoder (a conv net or ResNet-18-GN with spatial-softmax keypoints) is part of the exported graph."""
+    from diffpolicy.core.normalize import Normalizer
+    from diffpolicy.policy.checkpoint import save_checkpoint
+    from diffpolicy.policy.factory import build_policy
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    norm = Normalizer.fit({"agent_pos": rng.random((50, 2)).astype(np.float32),
+                           "action": rng.random((50, 2)).astype(np.float32)}, {"agent_pos": "minmax", "action": "minmax"})
+    pcfg = {"name": "tiny_image", "type": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 2,
+            "objective": {"type": "flow"}, "sampler": "euler", "steps": 2,
+            "unet": {"down_dims": [16, 32], "kernel_size": 5, "n_groups": 8, "time_embed_dim": 32},
+            "encoder": {"image_encoder": encoder, "image_width": 16, "image_features": 16, "image_channels": [8, 16],
+                        "image_strides": [2, 1], "image_keypoints": 8}}
+    shapes = {"img": (3, 24, 24), "agent_pos": (2,)}
+    policy = build_policy(pcfg, norm, shapes, ["img"], 2)
+    config = {"policy": pcfg, "shapes": {"obs": {k: list(v) for k, v in shapes.items()}, "action_dim": 2},
+              "task": {"name": "cam", "env_id": "cam", "obs_keys": ["img", "agent_pos"], "image_keys": ["img"],
+                       "action_key": "action", "crop_shape": [24, 24]}}
+    state = policy.state_dict()
+    save_checkpoint(tmp_path / "ckpt", 0, {"model": state, "ema": state}, config)
+    meta = export_checkpoint(tmp_path / "ckpt", tmp_path / "art", fmt="torch_export")
+    assert meta["max_abs_diff_vs_eager"] < 1e-4 and meta["image_keys"] == ["img"]
+    assert meta["inputs"] == {"agent_pos": [-1, 2, 2], "img": [-1, 2, 3, 24, 24]}
