@@ -76,9 +76,9 @@ class Controller:
     Sampling: a plan from ``policy.sampling_plan`` (sampler, steps, time grid, and the FiLM time table computed
     once), run through ``policy.sample_chunk``; :meth:`set_sampling` swaps in another plan. ``accel`` applies
     :func:`diffpolicy.accel.accelerate` to the policy (the CPU convolution paths; :meth:`from_checkpoint` does by
-    default); ``compile`` runs the U-Net trunk through ``torch.compile`` (compiled during the warm-up: minutes on a
-    2-core CPU); ``cuda_graph`` (default: on when the policy is on CUDA) captures the full chunk sample in a CUDA
-    graph -- written without a GPU, so that path is untested. ``num_threads`` sets torch's intra-op threads for
+    default); ``compile`` runs the denoiser's trunk (U-Net or transformer) through ``torch.compile`` (compiled
+    during the warm-up: minutes on a 2-core CPU); ``cuda_graph`` (default: on when the policy is on CUDA) captures
+    the full chunk sample in a CUDA graph -- written without a GPU, so that path is untested. ``num_threads`` sets torch's intra-op threads for
     inference (process-wide in PyTorch, so only when given; 1 is right for batch-1 chunks on a shared CPU).
     """
 
@@ -123,7 +123,8 @@ class Controller:
             accelerate(policy)
         if compile:
             if not hasattr(policy, "net"):
-                raise ValueError(f"compile=True compiles a diffusion policy's U-Net; {type(policy).__name__} has none")
+                raise ValueError(f"compile=True compiles a diffusion policy's denoiser; {type(policy).__name__} "
+                                 "has none")
             compile_trunk(policy.net)
         cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         self.chunk_sampler = ChunkSampler(policy, cuda_graph=cuda_graph)

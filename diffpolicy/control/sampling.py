@@ -2,8 +2,8 @@
 
 :class:`ChunkSampler` runs ``policy.sample_chunk(cond, plan, noise, ...)`` under ``torch.inference_mode``. The
 controller's plans carry the FiLM time table of their grid, computed once (``sampling_plan(..., time_table=True)``),
-and ``Controller(compile=True)`` compiles the U-Net trunk that entry calls (:func:`diffpolicy.accel.compile_trunk`);
-nothing of the sampling is written here again.
+and ``Controller(compile=True)`` compiles the denoiser's trunk that entry calls
+(:func:`diffpolicy.accel.compile_trunk`); nothing of the sampling is written here again.
 
 **CUDA graphs** (``cuda_graph=True``, only when the policy lives on a CUDA device): the whole ``sample_chunk`` call
 for one plan and batch size is captured once into a ``torch.cuda.CUDAGraph`` with static input buffers (condition,
@@ -30,9 +30,9 @@ def policy_device(policy) -> torch.device:
 class ChunkSampler:
     """``sampler(cond, noise, plan, mask=None, known=None, generator=None) -> (B, T, Da)`` normalised.
 
-    ``cond`` ``(B, C)`` from ``policy.encode``; ``noise`` ``(B, T, Da)`` standard normal; ``plan`` from
-    ``policy.sampling_plan``; ``mask``/``known`` ``(B, T, Da)`` in normalised units hold entries fixed (the sample
-    equals ``known`` where ``mask`` is true).
+    ``cond`` from ``policy.encode`` (``(B, C)``; for an exported artifact the observations themselves); ``noise``
+    ``(B, T, Da)`` standard normal; ``plan`` from ``policy.sampling_plan``; ``mask``/``known`` ``(B, T, Da)`` in
+    normalised units hold entries fixed (the sample equals ``known`` where ``mask`` is true).
     """
 
     def __init__(self, policy: Policy, cuda_graph: bool = False):
