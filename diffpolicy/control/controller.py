@@ -78,8 +78,9 @@ class Controller:
     :func:`diffpolicy.accel.accelerate` to the policy (the CPU convolution paths; :meth:`from_checkpoint` does by
     default); ``compile`` runs the denoiser's trunk (U-Net or transformer) through ``torch.compile`` (compiled
     during the warm-up: minutes on a 2-core CPU); ``cuda_graph`` (default: on when the policy is on CUDA) captures
-    the full chunk sample in a CUDA graph -- written without a GPU, so that path is untested. ``num_threads`` sets torch's intra-op threads for
-    inference (process-wide in PyTorch, so only when given; 1 is right for batch-1 chunks on a shared CPU).
+    the full chunk sample in a CUDA graph -- written without a GPU, so that path is untested. ``num_threads`` sets
+    torch's intra-op threads for inference (process-wide in PyTorch, so only when given; 1 is right for batch-1
+    chunks on a shared CPU).
     """
 
     def __init__(self, policy: Policy, obs_keys: Sequence[str], image_keys: Sequence[str] = (), crop_shape=None,
