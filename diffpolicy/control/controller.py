@@ -172,13 +172,7 @@ class Controller:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("accel", True)
         policy, config = load_policy(path, use_ema=use_ema, device=device)
-        task = config["task"]
-        if isinstance(action_space, str) and action_space == "task":
-            action_space = _task_action_space(task)
-        period = kwargs.pop("period", None) if control_hz is None else 1.0 / control_hz
-        return cls(policy, task["obs_keys"], task.get("image_keys", []), task.get("crop_shape"),
-                   obs_shapes=config["shapes"]["obs"], action_space=action_space, period=period,
-                   obs_spec=task.get("obs_spec"), **kwargs)
+        return cls._for_task(policy, config["task"], config["shapes"]["obs"], action_space, control_hz, kwargs)
 
     @classmethod
     def from_artifact(cls, path: str | Path, trusted: bool = False, action_space: Any = "data",
@@ -193,13 +187,18 @@ class Controller:
         from ..export import load_artifact
 
         policy = load_artifact(path, trusted=trusted, num_threads=kwargs.pop("num_threads", None))
-        task = policy.meta["task"]
+        return cls._for_task(policy, policy.meta["task"], policy.meta["shapes"]["obs"], action_space, control_hz,
+                             kwargs)
+
+    @classmethod
+    def _for_task(cls, policy, task: Mapping[str, Any], obs_shapes, action_space, control_hz, kwargs) -> "Controller":
+        """The controller of a loaded policy and its saved task section (keys, cameras, crop, obs spec)."""
         if isinstance(action_space, str) and action_space == "task":
             action_space = _task_action_space(task)
         period = kwargs.pop("period", None) if control_hz is None else 1.0 / control_hz
         return cls(policy, task["obs_keys"], task.get("image_keys") or [], task.get("crop_shape"),
-                   obs_shapes=policy.meta["shapes"]["obs"], action_space=action_space, period=period,
-                   obs_spec=task.get("obs_spec"), **kwargs)
+                   obs_shapes=obs_shapes, action_space=action_space, period=period, obs_spec=task.get("obs_spec"),
+                   **kwargs)
 
     def warm_up(self, repeats: int = 2) -> float:
         """Sample ``repeats`` chunks from a zero observation with the current sampler (and mask when RTC is on), so

@@ -224,12 +224,12 @@ def load_artifact(path: str | Path, trusted: bool = False, num_threads: int | No
         opts = ort.SessionOptions()
         if num_threads is not None:
             opts.intra_op_num_threads, opts.inter_op_num_threads = num_threads, 1
-        session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
+        engine = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in engine.get_inputs()]
 
         def run(inputs):
             feed = {n: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32) for n, x in zip(names, inputs)}
-            return [torch.from_numpy(y) for y in session.run(None, feed)]
+            return [torch.from_numpy(y) for y in engine.run(None, feed)]
 
         return ExportedPolicy(meta, run)
     if meta["format"] == "torch_export":
