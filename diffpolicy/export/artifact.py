@@ -18,8 +18,6 @@ unpickle, so :func:`load_artifact` opens one only with ``trusted=True``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 
 from ..core.normalize import Normalizer
-from ..policy.checkpoint import resolve_checkpoint
+from ..policy.checkpoint import resolve_checkpoint, write_atomically
 from ..policy.factory import load_policy
 from .chunk import ChunkFunction, NotExportable
 
@@ -83,9 +81,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str | No
     if fmt == "onnx":
         onnx_program = torch.onnx.export(program, input_names=names, output_names=["action", "action_normalized"],
                                          dynamo=True, verbose=False)
-        _write_atomic(model_file, onnx_program.save)
+        write_atomically(model_file, onnx_program.save)
     else:
-        _write_atomic(model_file, lambda p: torch.export.save(program, p))
+        write_atomically(model_file, lambda p: torch.export.save(program, p))
     scale, offset = policy.normalizer.params(policy.action_key)
     task = config["task"]
     meta = {
@@ -109,30 +107,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str | No
     # rounding alone is ~1e-4
     meta["max_abs_diff_vs_eager"] = float((got[1] - expected[1]).abs().max())
     meta["max_abs_diff_vs_eager_dataset_units"] = float((got[0] - expected[0]).abs().max())
-    _write_atomic(out / META, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    write_atomically(out / META, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     if meta["max_abs_diff_vs_eager"] > atol:
         raise RuntimeError(f"{model_file}: its normalised chunks differ from eager PyTorch by "
                            f"{meta['max_abs_diff_vs_eager']:.2e} (> {atol}) on random inputs")
     return meta
-
-
-def _write_atomic(path: Path, write: Callable[[str], Any]) -> None:
-    """``write(tmp_path)`` beside ``path``, flushed to disk, then renamed over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)  # torch wants .pt2
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # ------------------------------------------------------------------------------------------------ running artifacts

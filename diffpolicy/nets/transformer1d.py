@@ -116,7 +116,8 @@ class TransformerDenoiser(nn.Module):
         self.final_norm = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
         self.output = nn.Linear(d_model, action_dim)
         # every block's (shift, scale, gate) and the output's (shift, scale): one Linear of the time features
-        self.film = nn.Linear(time_embed_dim, sum(b.film_dim for b in self.blocks) + 2 * d_model)
+        self.film_splits = [b.film_dim for b in self.blocks] + [2 * d_model]
+        self.film = nn.Linear(time_embed_dim, sum(self.film_splits))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,8 +160,7 @@ class TransformerDenoiser(nn.Module):
                      memory: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The trunk, given the time modulation ``(B, F)`` and the blocks' keys/values: ``(B, T, D)`` -> same."""
         self.check_horizon(x.shape[1])
-        mods = film.split([b.film_dim for b in self.blocks] + [film.shape[1] - sum(b.film_dim for b in self.blocks)],
-                          dim=1)
+        mods = film.split(self.film_splits, dim=1)
         h = self.input(x) + self.pos[:, : x.shape[1]]
         for block, mod, kv in zip(self.blocks, mods, memory):
             h = block(h, mod, kv, self.causal)
