@@ -13,6 +13,7 @@ and ``out`` of ``x``'s shape; what ``out`` means is the objective's ``prediction
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -30,6 +31,8 @@ from .schedules import (
 
 Net = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# grad_x log p(c | x) at a level: (x, model_time, alpha, sigma) -> x's shape (classifier guidance)
+ClassifierGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 PREDICTIONS = ("epsilon", "sample", "v_prediction", "velocity")
 
 
@@ -92,7 +95,43 @@ class Objective:
     def sampling_schedule(self, steps: int, **kwargs) -> SamplingSchedule:
         raise NotImplementedError
 
-    def denoiser(self, net: Net, cond: Any = None, null_cond: Any = None, guidance: float = 0.0) -> Denoiser:
+    def likelihood_schedule(self, steps: int | None = None, log_snr_range: tuple[float, float] | None = None
+                            ) -> SamplingSchedule:
+        """The grid of the variational bound (:func:`~diffpolicy.core.likelihood.vlb`): ``steps`` levels evenly spaced
+        in log-SNR ``log(alpha^2 / sigma^2)`` over ``log_snr_range`` (default: the objective's), noise to data, then
+        the clean point. The chain's bound tightens as levels get closer (its excess over the continuous-time bound
+        is ~ (step in log-SNR)^2 / 4 nats per dimension and step where the SNR is high)."""
+        n = 1000 if steps is None else steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"the bound's grid needs steps >= 2, got {steps!r}")
+        lo, hi = log_snr_range or self.log_snr_range()
+        tau = torch.sigmoid(-0.5 * torch.linspace(lo, hi, n, dtype=torch.float64))  # flow time of each level
+        alpha, sigma, model_time = self.level(tau)
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        return SamplingSchedule(torch.cat([alpha, one]), torch.cat([sigma, zero]), torch.cat([model_time, zero]))
+
+    def log_snr_range(self) -> tuple[float, float]:
+        """``(noisiest, cleanest)`` log-SNR of the default likelihood grid."""
+        raise NotImplementedError
+
+    def flow_time_range(self) -> tuple[float, float]:
+        """``(tau_data, tau_noise)``: the flow times ``sigma / (alpha + sigma)`` between which the probability-flow
+        ODE of :func:`~diffpolicy.core.likelihood.ode_log_likelihood` runs."""
+        raise NotImplementedError
+
+    def ode_times(self, steps: int) -> torch.Tensor:
+        """``(steps + 1,)`` ascending flow times, data to noise, at which the likelihood ODE's RK4 steps start and
+        end: uniform over :meth:`flow_time_range` unless the objective needs finer steps somewhere."""
+        lo, hi = self.flow_time_range()
+        return torch.linspace(lo, hi, steps + 1, dtype=torch.float64)
+
+    def level(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(alpha, sigma, model_time)`` at flow time ``tau`` (a float64 tensor): the path at any continuous level."""
+        raise NotImplementedError
+
+    def denoiser(self, net: Net, cond: Any = None, null_cond: Any = None, guidance: float = 0.0,
+                 clip: bool = True, classifier_grad: ClassifierGrad | None = None,
+                 classifier_scale: float = 0.0) -> Denoiser:
         """The sampling view of ``net``: ``(x, model_time, alpha, sigma) -> (x0_hat, noise_hat)``.
 
         Classifier-free guidance with ``guidance = w`` combines ``out = out_c + w (out_c - out_null)`` (Ho &
@@ -100,11 +139,21 @@ class Objective:
         ``clip_x0`` (if set) clamps the x0 estimate and re-derives the noise from it, so x0 and noise stay one
         consistent point estimate for every sampler (diffusers' DDPMScheduler; DDIMScheduler with
         ``use_clipped_model_output=True``). ``clip_keeps_noise`` keeps the network's own noise estimate instead:
-        DDIMScheduler's default, which Diffusion Policy's DDIM inference uses.
+        DDIMScheduler's default, which Diffusion Policy's DDIM inference uses. ``clip=False`` gives the network's own
+        estimates (likelihoods, :mod:`~diffpolicy.core.likelihood`).
+
+        Classifier guidance (Dhariwal & Nichol 2021) with ``classifier_scale = s`` adds ``s grad_x log p(c | x)``
+        (``classifier_grad(x, model_time, alpha, sigma)``, a noise-conditional classifier's gradient for the wanted
+        classes) to the score ``-noise / sigma``: ``noise -= s sigma grad`` and, to stay on ``x = alpha x0 + sigma
+        noise``, ``x0 += s sigma^2 / alpha grad`` (skipped at alpha = 0, pure noise, where the classifier knows
+        nothing). It applies after classifier-free guidance and before clipping, so the two combine.
         """
-        prediction, clip, keep_noise = self.prediction, self.clip_x0, self.clip_keeps_noise
+        prediction, clip, keep_noise = self.prediction, self.clip_x0 if clip else None, self.clip_keeps_noise
         if guidance != 0.0 and null_cond is None:
             raise ValueError(f"guidance={guidance} needs a null condition (null_cond) for the unconditional pass")
+        if classifier_scale != 0.0 and classifier_grad is None:
+            raise ValueError(f"classifier_scale={classifier_scale} needs a classifier gradient (classifier_grad)")
+        use_classifier = classifier_scale != 0.0
 
         def denoise(x, model_time, alpha, sigma):
             t = model_time.to(x.dtype).expand(x.shape[0])
@@ -114,6 +163,10 @@ class Objective:
                 out_c, out_u = net(torch.cat([x, x]), torch.cat([t, t]), _cat_cond(cond, null_cond)).chunk(2)
                 out = out_c + guidance * (out_c - out_u)
             x0, eps = split_prediction(out, x, alpha, sigma, prediction)
+            if use_classifier:
+                grad = classifier_grad(x, model_time, alpha, sigma) * classifier_scale
+                eps = eps - sigma * grad
+                x0 = torch.where(alpha > 0, x0 + sigma.square() / alpha * grad, x0)
             if clip is not None:
                 x0 = x0.clamp(-clip, clip)
                 if not keep_noise:
@@ -177,6 +230,52 @@ class DDPM(Objective):
         ts = ddpm_timesteps(self.num_train_timesteps, steps, spacing or self.spacing, steps_offset)
         return ddpm_sampling_schedule(self.alphas_cumprod, ts)
 
+    def likelihood_schedule(self, steps: int | None = None, log_snr_range: tuple[float, float] | None = None
+                            ) -> SamplingSchedule:
+        """Without ``steps``: the DDPM's own chain, every training timestep ``K - 1`` down to 0 (Ho et al.'s bound).
+        With ``steps``: levels evenly spaced in log-SNR (fractional model times; see :meth:`Objective.likelihood_schedule`)."""
+        if steps is None and log_snr_range is None:
+            return self.sampling_schedule(self.num_train_timesteps, spacing="linspace")
+        return super().likelihood_schedule(steps, log_snr_range)
+
+    def log_snr_range(self):
+        lam = self._log_snr()
+        return float(lam[-1]), float(lam[0])
+
+    # The ODE stops where alpha / sigma falls to 1e-2 (SNR 1e-4): beyond it an epsilon network's x0 estimate
+    # (x - sigma eps) / alpha amplifies its errors by 1 / alpha, while x_t is already standard normal to ~1e-4.
+    ODE_MIN_SNR = 1e-4
+
+    def _log_snr(self) -> torch.Tensor:
+        acp = self.alphas_cumprod
+        return acp.log() - (1 - acp).log()  # (K,), decreasing in the timestep
+
+    def flow_time_range(self) -> tuple[float, float]:
+        lam = self._log_snr()
+        last = int((lam >= math.log(self.ODE_MIN_SNR)).nonzero().max())
+        tau = lambda l: float(torch.sigmoid(-0.5 * l))  # noqa: E731  sigma / (alpha + sigma) at log-SNR l (VP)
+        return tau(lam[0]), tau(lam[last])
+
+    def ode_times(self, steps: int) -> torch.Tensor:
+        """Uniform in ``s = -log(1 - tau) = log(1 + sigma / alpha)``: the x0 estimate of an epsilon network,
+        ``(x - sigma eps) / alpha``, makes the ODE stiff near the noise end (its Jacobian in ``tau`` has a
+        ``-1 / (1 - tau)`` part), and in ``s`` the step times that rate stays below one."""
+        lo, hi = self.flow_time_range()
+        s = torch.linspace(-math.log1p(-lo), -math.log1p(-hi), steps + 1, dtype=torch.float64)
+        return -torch.expm1(-s)
+
+    def level(self, tau):
+        """VP path at flow time ``tau``; the model time is the training timestep at that log-SNR, interpolated
+        linearly between integer timesteps (sinusoidal embeddings take fractional times)."""
+        tau = tau.double()
+        lam = 2 * (torch.log1p(-tau) - torch.log(tau))  # log(alpha^2 / sigma^2) with alpha / sigma = (1 - tau) / tau
+        table = self._log_snr().flip(0)  # increasing: timesteps K-1 .. 0
+        K = table.shape[0]
+        j = torch.searchsorted(table, lam.reshape(-1)).clamp(1, K - 1).reshape(lam.shape)
+        w = ((lam - table[j - 1]) / (table[j] - table[j - 1])).clamp(0, 1)
+        model_time = (K - j) - w + 0.0  # index j - 1 is timestep K - j, index j is K - 1 - j
+        return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt(), model_time.double()
+
 
 class FlowMatching(Objective):
     """Conditional flow matching on the rectified-flow path ``x_t = (1 - t) x0 + t noise`` (t = 1 is noise).
@@ -227,6 +326,20 @@ class FlowMatching(Objective):
     def sampling_schedule(self, steps: int, shift: float | None = None) -> SamplingSchedule:
         return flow_sampling_schedule(steps, self.sampling_shift if shift is None else shift, self.time_scale)
 
+    # Flow levels span SNR e^-12 (alpha / sigma = 0.0025: x_t is standard normal to ~1e-5 nats per dimension) to
+    # e^18.4 (tau = 1e-4), far below the 8-bit quantisation step of images.
+    LOG_SNR_RANGE = (-12.0, 2 * math.log((1 - 1e-4) / 1e-4))
+
+    def log_snr_range(self):
+        return self.LOG_SNR_RANGE
+
+    def flow_time_range(self) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def level(self, tau):
+        tau = tau.double()
+        return 1 - tau, tau, tau * self.time_scale
+
 
 class ConsistencyDistillation(Objective):
     """Consistency distillation (Song et al. 2023) of a teacher into a student that samples in one step.
@@ -275,8 +388,24 @@ class ConsistencyDistillation(Objective):
     def sampling_schedule(self, steps: int, **kwargs) -> SamplingSchedule:
         return self.base.sampling_schedule(steps, **kwargs)
 
-    def denoiser(self, net, cond=None, null_cond=None, guidance=0.0):
-        return self.base.denoiser(net, cond, null_cond, guidance)
+    def likelihood_schedule(self, steps=None, log_snr_range=None):
+        return self.base.likelihood_schedule(steps, log_snr_range)
+
+    def log_snr_range(self):
+        return self.base.log_snr_range()
+
+    def flow_time_range(self):
+        return self.base.flow_time_range()
+
+    def level(self, tau):
+        return self.base.level(tau)
+
+    def ode_times(self, steps):
+        return self.base.ode_times(steps)
+
+    def denoiser(self, net, cond=None, null_cond=None, guidance=0.0, clip=True, classifier_grad=None,
+                 classifier_scale=0.0):
+        return self.base.denoiser(net, cond, null_cond, guidance, clip, classifier_grad, classifier_scale)
 
 
 def make_objective(cfg: dict[str, Any]) -> Objective:

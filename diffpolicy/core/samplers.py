@@ -10,7 +10,11 @@ ints and never synchronises with the device (no ``.item()``, no branching on ten
 Common options:
 - ``generator``: the ``torch.Generator`` of the sampler's own noise (ancestral samplers);
 - ``mask``, ``known``: inpainting. Entries where ``mask`` is true are held on the path of ``known`` (the clean
-  values noised to each step's level with the initial noise), so the returned sample equals ``known`` there exactly.
+  values noised to each step's level with the initial noise), so the returned sample equals ``known`` there exactly;
+- ``corrector``: a :class:`Langevin` corrector run at each step's level before the step (predictor-corrector
+  sampling, Song et al. 2021), so any sampler here is the predictor.
+
+The score every Langevin step follows is the denoiser's: ``grad log p(x) = -noise_hat / sigma`` at level sigma.
 """
 
 from __future__ import annotations
@@ -33,22 +37,58 @@ def _inpainter(x: torch.Tensor, mask: torch.Tensor | None, known: torch.Tensor |
     return lambda x, alpha, sigma: torch.where(mask, alpha * known + sigma * noise, x)
 
 
+class Langevin:
+    """Langevin corrector: ``steps`` updates ``x + e score + sqrt(2 e) z`` at one level, with the step ``e`` set by a
+    signal-to-noise ratio, ``e = 2 (snr |z| / |score|)^2`` (Song et al. 2021, Algorithm 5), the norms averaged over
+    the batch as in their implementation: a per-sample ratio explodes for samples near a mode, where the score
+    vanishes, in few dimensions. Each step is one network call."""
+
+    def __init__(self, snr: float = 0.16, steps: int = 1):
+        if not snr > 0:
+            raise ValueError(f"Langevin snr must be > 0, got {snr}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"Langevin steps must be a positive int, got {steps!r}")
+        self.snr, self.steps = snr, steps
+
+    def __repr__(self) -> str:
+        return f"Langevin(snr={self.snr}, steps={self.steps})"
+
+    def __call__(self, denoise: Denoiser, x: torch.Tensor, model_time, alpha, sigma,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        for _ in range(self.steps):
+            score = -denoise(x, model_time, alpha, sigma)[1] / sigma
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            ratio = z.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean().clamp_min(1e-12)
+            step = 2 * (self.snr * ratio).square()
+            x = x + step * score + (2 * step).sqrt() * z
+        return x
+
+
+def _correct(denoise: Denoiser, corrector: Langevin | None, generator, keep: Callable) -> Callable:
+    """``correct(x, model_time, alpha, sigma)``: the corrector's steps at a level, then inpainting; identity without."""
+    if corrector is None:
+        return lambda x, t, alpha, sigma: x
+    return lambda x, t, alpha, sigma: keep(corrector(denoise, x, t, alpha, sigma, generator), alpha, sigma)
+
+
 def _tables(schedule: SamplingSchedule, x: torch.Tensor):
     s = schedule.to(device=x.device, dtype=x.dtype)
     return s.alpha, s.sigma, s.model_time, s.num_steps
 
 
 def ddim(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, eta: float = 0.0,
-         generator: torch.Generator | None = None, mask=None, known=None) -> torch.Tensor:
+         generator: torch.Generator | None = None, mask=None, known=None, corrector=None) -> torch.Tensor:
     """DDIM (Song et al. 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM's ancestral sampler."""
     a, s, t, n = _tables(schedule, x)
     keep = _inpainter(x, mask, known)
+    correct = _correct(denoise, corrector, generator, keep)
     # Posterior std of the step i -> i+1 for a general Gaussian path, scaled by eta.
     ratio = (a[:-1] * s[1:]) / (a[1:] * s[:-1])
     c = eta * s[1:] * (1 - ratio.square()).clamp_min(0).sqrt()
     d = (s[1:].square() - c.square()).clamp_min(0).sqrt()
     x = keep(x, a[0], s[0])
     for i in range(n):
+        x = correct(x, t[i], a[i], s[i])
         x0, eps = denoise(x, t[i], a[i], s[i])
         x = a[i + 1] * x0 + d[i] * eps
         if eta > 0:
@@ -57,12 +97,14 @@ def ddim(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, eta: fl
     return x
 
 
-def ddpm(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+def ddpm(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None,
+         corrector=None):
     """DDPM ancestral sampling (Ho et al. 2020): the posterior ``q(x_s | x_t, x0_hat)`` at each step."""
-    return ddim(denoise, x, schedule, eta=1.0, generator=generator, mask=mask, known=known)
+    return ddim(denoise, x, schedule, eta=1.0, generator=generator, mask=mask, known=known, corrector=corrector)
 
 
-def euler(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+def euler(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None,
+          corrector=None):
     """Euler on the probability-flow ODE, written in flow time.
 
     Rescaling ``x / (alpha + sigma)`` turns any Gaussian path into the rectified-flow path with time
@@ -71,22 +113,27 @@ def euler(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, genera
     """
     a, s, t, n = _tables(schedule, x)
     keep = _inpainter(x, mask, known)
+    correct = _correct(denoise, corrector, generator, keep)
     k, tau = a + s, s / (a + s)
     x = keep(x, a[0], s[0])
     for i in range(n):
+        x = correct(x, t[i], a[i], s[i])
         x0, eps = denoise(x, t[i], a[i], s[i])
         x = (x / k[i] + (tau[i + 1] - tau[i]) * (eps - x0)) * k[i + 1]
         x = keep(x, a[i + 1], s[i + 1])
     return x
 
 
-def heun(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+def heun(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None,
+         corrector=None):
     """Heun's second-order method in flow time (Karras et al. 2022); the last step, to sigma = 0, is Euler."""
     a, s, t, n = _tables(schedule, x)
     keep = _inpainter(x, mask, known)
+    correct = _correct(denoise, corrector, generator, keep)
     k, tau = a + s, s / (a + s)
     x = keep(x, a[0], s[0])
     for i in range(n):
+        x = correct(x, t[i], a[i], s[i])
         x0, eps = denoise(x, t[i], a[i], s[i])
         y, dt, v = x / k[i], tau[i + 1] - tau[i], eps - x0
         x = (y + dt * v) * k[i + 1]
@@ -97,7 +144,8 @@ def heun(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generat
     return x
 
 
-def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None):
+def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None,
+             corrector=None):
     """DPM-Solver++(2M) (Lu et al. 2022), multistep in ``lambda = log(alpha / sigma)``.
 
     First order at the first step and at the last one (to sigma = 0), as diffusers' ``DPMSolverMultistepScheduler``
@@ -105,6 +153,7 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, gen
     """
     a, s, t, n = _tables(schedule, x)
     keep = _inpainter(x, mask, known)
+    correct = _correct(denoise, corrector, generator, keep)
     lam = a.log() - s.log()  # -inf at pure noise, +inf at the clean end: both handled by expm1(-inf) = -1
     h = lam[1:] - lam[:-1]
     coef_x, coef_d = s[1:] / s[:-1], -a[1:] * torch.expm1(-h)
@@ -112,6 +161,7 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, gen
     x = keep(x, a[0], s[0])
     x0_prev = None
     for i in range(n):
+        x = correct(x, t[i], a[i], s[i])
         x0, _ = denoise(x, t[i], a[i], s[i])
         d = x0 if (i == 0 or i == n - 1) else x0 + half_inv_r[i] * (x0 - x0_prev)
         x = keep(coef_x[i] * x + coef_d[i] * d, a[i + 1], s[i + 1])
@@ -119,8 +169,25 @@ def dpmpp_2m(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, gen
     return x
 
 
+def langevin(denoise: Denoiser, x: torch.Tensor, schedule: SamplingSchedule, generator=None, mask=None, known=None,
+             corrector=None):
+    """Annealed Langevin dynamics (Song & Ermon 2019): the corrector's steps at each noisy level of the grid, the
+    state carried unchanged from level to level (the corrector-only sampler of Song et al. 2021), then the
+    denoiser's x0 estimate at the last level (Jolicoeur-Martineau et al.'s final denoising). ``corrector`` defaults
+    to ``Langevin()``; ``steps * corrector.steps + 1`` network calls. Without a predictor it needs many levels:
+    each level's Langevin steps must absorb the change of marginal from the level before.
+    """
+    a, s, t, n = _tables(schedule, x)
+    keep = _inpainter(x, mask, known)
+    correct = _correct(denoise, corrector or Langevin(), generator, keep)
+    x = keep(x, a[0], s[0])
+    for i in range(n):
+        x = correct(keep(x, a[i], s[i]), t[i], a[i], s[i])
+    return keep(denoise(x, t[n - 1], a[n - 1], s[n - 1])[0], a[n], s[n])
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": ddpm, "ddim": ddim, "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m,
+    "ddpm": ddpm, "ddim": ddim, "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m, "langevin": langevin,
 }
 
 
@@ -145,13 +212,16 @@ def check_steps(steps: int) -> int:
 def sample(objective: Objective, net: Net, noise: torch.Tensor, cond: Any = None, sampler: str = "ddim",
            steps: int = 10, *, guidance: float = 0.0, null_cond: Any = None, mask=None, known=None,
            generator: torch.Generator | None = None, schedule: SamplingSchedule | None = None,
-           **sampler_kwargs) -> torch.Tensor:
+           classifier_grad=None, classifier_scale: float = 0.0, **sampler_kwargs) -> torch.Tensor:
     """Sample from ``net`` trained with ``objective``, starting at ``noise`` ``(B, *event)``.
 
     ``schedule`` defaults to ``objective.sampling_schedule(steps)``; ``guidance``/``null_cond`` enable
-    classifier-free guidance; ``mask``/``known`` inpaint; extra keywords go to the sampler (e.g. ``eta``).
+    classifier-free guidance, ``classifier_grad``/``classifier_scale`` classifier guidance (both in
+    :meth:`Objective.denoiser`); ``mask``/``known`` inpaint; extra keywords go to the sampler (e.g. ``eta``,
+    ``corrector``).
     """
     fn = get_sampler(sampler)
     schedule = schedule if schedule is not None else objective.sampling_schedule(check_steps(steps))
-    denoise = objective.denoiser(net, cond, null_cond=null_cond, guidance=guidance)
+    denoise = objective.denoiser(net, cond, null_cond=null_cond, guidance=guidance, classifier_grad=classifier_grad,
+                                 classifier_scale=classifier_scale)
     return fn(denoise, noise, schedule, generator=generator, mask=mask, known=known, **sampler_kwargs)

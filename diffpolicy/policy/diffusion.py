@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.likelihood import ode_log_likelihood
 from ..core.objectives import Objective
 from ..nets.transformer1d import TransformerDenoiser
 from ..nets.unet1d import ConditionalUnet1D
@@ -62,3 +63,24 @@ class DiffusionPolicy(Policy):
         table = plan.time_table or TimeTable(self.net, plan.schedule.model_time[:-1])
         denoise = self.objective.denoiser(self.net.conditioned(cond, time_film=table))
         return plan.fn(denoise, noise, plan.schedule, generator=generator, mask=mask, known=known)
+
+    @torch.no_grad()  # the ODE enables gradients with respect to the chunk only
+    def log_likelihood(self, obs, actions: torch.Tensor, steps: int = 32, trace: str = "exact", probes: int = 1,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """``log p(actions | obs)`` ``(B,)`` in nats per chunk, in dataset units, under the probability-flow ODE
+        (:func:`~diffpolicy.core.likelihood.ode_log_likelihood`): ``obs`` ``{key: (B, To, ...)}``, ``actions``
+        ``(B, T, Da)``. A chunk has few dimensions, so the divergence is exact by default (``T * Da`` backward
+        passes per evaluation); ``trace="hutchinson"`` estimates it. Useful for ranking candidate chunks and for
+        flagging observations whose demonstrated actions the policy finds unlikely (out of distribution)."""
+        expected = (self.horizon, self.action_dim)
+        if actions.ndim != 3 or tuple(actions.shape[1:]) != expected:
+            raise ValueError(f"actions have shape {tuple(actions.shape)}; expected (B, {expected[0]}, {expected[1]})")
+        cond = self.encode({k: v[:, : self.n_obs_steps] for k, v in obs.items()})
+        if cond.shape[0] != actions.shape[0]:
+            raise ValueError(f"obs has batch {cond.shape[0]} but actions have batch {actions.shape[0]}")
+        scale, _ = self.normalizer.params(self.action_key)
+        x = self.normalizer.normalize(self.action_key, actions)
+        denoise = self.objective.denoiser(self.net.conditioned(cond), clip=False)
+        log_p = ode_log_likelihood(self.objective, denoise, x, steps, trace, probes, generator)
+        # change of variables: normalised = scale * action + offset, per action dimension, at each of T steps
+        return log_p + self.horizon * scale.abs().log().sum().double()
