@@ -157,7 +157,7 @@ def markdown_tables(out: Path) -> None:
         keys = [k for k in rows[0] if k not in ("snr",)]
         print(f"\n{path.name}\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         for r in rows:
-            cells = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+            cells = [f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
             print("| " + " | ".join(cells) + " |")
 
 
@@ -188,6 +188,27 @@ def cmd_plot(args) -> None:
             ax.set_title(f"{path.stem.removeprefix('toolbox_pc_')} ({data['objective']['type']})")
             ax.legend(fontsize=7)
         out = args.out / "toolbox_pc_fid_vs_nfe.png"
+        fig.tight_layout()
+        fig.savefig(out, dpi=120)
+        print(f"wrote {out.resolve()}")
+    liks = sorted(args.out.glob("toolbox_likelihood_*.json"))
+    if liks:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for i, path in enumerate(liks):
+            data = json.loads(path.read_text())
+            name, color = path.stem.removeprefix("toolbox_likelihood_"), f"C{i}"
+            ode = sorted((r["steps"], r["bits_per_dim"], r["stderr"]) for r in data["rows"] if r["method"] == "ode")
+            if ode:
+                steps, bpd, err = zip(*ode)
+                ax.errorbar(steps, bpd, yerr=err, marker="o", color=color, label=f"{name}: probability-flow ODE")
+            for r in data["rows"]:
+                if r["method"] == "vlb":
+                    ax.axhline(r["bits_per_dim"], color=color, ls="--", label=f"{name}: variational bound")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("RK4 steps of the ODE")
+        ax.set_ylabel("bits per dimension (held-out digits)")
+        ax.legend(fontsize=7)
+        out = args.out / "toolbox_likelihood_bits_per_dim.png"
         fig.tight_layout()
         fig.savefig(out, dpi=120)
         print(f"wrote {out.resolve()}")

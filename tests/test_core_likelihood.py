@@ -45,8 +45,8 @@ def test_ode_likelihood_matches_the_gaussian(objective, trace):
                                generator=torch.Generator().manual_seed(1))
     nll = analytic_nll(x)
     assert abs(float((-log_p).mean() / nll.mean()) - 1) < 0.01
-    if trace == "exact":  # per sample too (the DDPM's ODE stops at SNR 1e-4: a few hundredths of a nat)
-        assert float((-log_p - nll).abs().max()) < (1e-3 if objective == "flow" else 0.1)
+    if trace == "exact":  # per sample too (the ODE stops at SNR e^-12 (flow) or 1e-4 (DDPM), not at pure noise)
+        assert float((-log_p - nll).abs().max()) < (0.02 if objective == "flow" else 0.1)
 
 
 def test_hutchinson_is_unbiased_but_noisy_per_sample():

@@ -16,12 +16,13 @@ not that of a clipped sampler) and return negative log-likelihoods in **nats per
 - :func:`ode_log_likelihood`: the exact likelihood of the probability-flow ODE (Song et al. 2021). In flow time
   ``tau = sigma / (alpha + sigma)`` the rescaled state ``y = x / (alpha + sigma)`` follows
   ``dy/dtau = noise_hat - x0_hat`` (the Euler sampler's ODE); ``log p(x0) = log N(y_1; 0, tau_1^2) +
-  int div_y v dtau - D log(alpha_0 + sigma_0)``. Integrated with classical RK4 on a uniform ``tau`` grid; the
-  divergence exactly (one backward pass per dimension: small events such as action chunks) or by Hutchinson's
+  int div_y v dtau - D log(alpha_0 + sigma_0)``. Integrated with classical RK4 on the objective's grid
+  (:meth:`~diffpolicy.core.objectives.Objective.ode_times`: evenly spaced in log-SNR); the divergence exactly (one backward pass per dimension: small events such as action chunks) or by Hutchinson's
   estimator with Rademacher probes held fixed along the path (Grathwohl et al. 2019).
 
-The bound is never below the exact value for the same model (tests check both against the analytic likelihood of
-Gaussian data under its exact denoiser).
+The bound and the ODE describe different models built from one network (a discrete Gaussian chain; a continuous
+flow); for an exact denoiser both reach the data's likelihood, the bound from above as its levels get closer (tests
+check both against the analytic likelihood of Gaussian data under its exact denoiser).
 """
 
 from __future__ import annotations
