@@ -174,15 +174,15 @@ def cmd_plot(args) -> None:
             data = json.loads(path.read_text())
             series = {}
             for r in data["rows"]:
-                label = r["sampler"] + (f" + {r['corrector_steps']} Langevin" if r["corrector_steps"] and
-                                        r["sampler"] != "langevin" else "")
-                label = f"annealed Langevin ({r['corrector_steps']}/level)" if r["sampler"] == "langevin" else label
-                series.setdefault(label, []).append((r["nfe"], r["fid"]))
-            for label, pts in sorted(series.items()):
-                pts.sort()
-                ax.plot(*zip(*pts), marker="o", label=label)
+                if r["sampler"] != "langevin":  # annealed Langevin sits far above (FID in the hundreds): tables only
+                    series.setdefault((r["sampler"], r["corrector_steps"]), []).append((r["nfe"], r["fid"]))
+            for i, sampler in enumerate(sorted({k[0] for k in series})):
+                for (name, corr), pts in sorted(series.items()):
+                    if name == sampler:
+                        pts.sort()
+                        ax.plot(*zip(*pts), marker="o", color=f"C{i}", ls="--" if corr else "-",
+                                label=f"{name}" + (f" + {corr} Langevin step per level" if corr else ""))
             ax.set_xscale("log")
-            ax.set_yscale("log")
             ax.set_xlabel("network evaluations per image")
             ax.set_ylabel("FID (reference classifier features)")
             ax.set_title(f"{path.stem.removeprefix('toolbox_pc_')} ({data['objective']['type']})")
