@@ -161,6 +161,12 @@ def markdown_tables(out: Path) -> None:
             print("| " + " | ".join(cells) + " |")
 
 
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path.resolve()}")
+
+
 def cmd_plot(args) -> None:
     markdown_tables(args.out)
     import matplotlib
@@ -187,10 +193,7 @@ def cmd_plot(args) -> None:
             ax.set_ylabel("FID (reference classifier features)")
             ax.set_title(f"{path.stem.removeprefix('toolbox_pc_')} ({data['objective']['type']})")
             ax.legend(fontsize=7)
-        out = args.out / "toolbox_pc_fid_vs_nfe.png"
-        fig.tight_layout()
-        fig.savefig(out, dpi=120)
-        print(f"wrote {out.resolve()}")
+        save_figure(fig, args.out / "toolbox_pc_fid_vs_nfe.png")
     liks = sorted(args.out.glob("toolbox_likelihood_*.json"))
     if liks:
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -208,10 +211,7 @@ def cmd_plot(args) -> None:
         ax.set_xlabel("RK4 steps of the ODE")
         ax.set_ylabel("bits per dimension (held-out digits)")
         ax.legend(fontsize=7)
-        out = args.out / "toolbox_likelihood_bits_per_dim.png"
-        fig.tight_layout()
-        fig.savefig(out, dpi=120)
-        print(f"wrote {out.resolve()}")
+        save_figure(fig, args.out / "toolbox_likelihood_bits_per_dim.png")
     guid = sorted(args.out.glob("toolbox_guidance_*.json"))
     if guid:
         fig, axes = plt.subplots(1, len(guid), figsize=(5 * len(guid), 4), squeeze=False)
@@ -226,10 +226,7 @@ def cmd_plot(args) -> None:
             ax.set_ylabel("FID")
             ax.set_title(f"{path.stem.removeprefix('toolbox_guidance_')} ({data['objective']['type']})")
             ax.legend(fontsize=7)
-        out = args.out / "toolbox_guidance_accuracy_vs_fid.png"
-        fig.tight_layout()
-        fig.savefig(out, dpi=120)
-        print(f"wrote {out.resolve()}")
+        save_figure(fig, args.out / "toolbox_guidance_accuracy_vs_fid.png")
 
 
 def main() -> None:
