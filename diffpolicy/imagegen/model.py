@@ -173,7 +173,6 @@ class ImageGenerator(nn.Module):
             out.append(x.clamp(-1, 1))
         return torch.cat(out)
 
-
     @torch.no_grad()  # the ODE enables gradients with respect to the images only
     def bits_per_dim(self, images: torch.Tensor, labels: torch.Tensor | None = None, method: str = "ode",
                      steps: int | None = None, trace: str = "hutchinson", probes: int = 1,
