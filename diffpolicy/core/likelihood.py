@@ -17,7 +17,8 @@ not that of a clipped sampler) and return negative log-likelihoods in **nats per
   ``tau = sigma / (alpha + sigma)`` the rescaled state ``y = x / (alpha + sigma)`` follows
   ``dy/dtau = noise_hat - x0_hat`` (the Euler sampler's ODE); ``log p(x0) = log N(y_1; 0, tau_1^2) +
   int div_y v dtau - D log(alpha_0 + sigma_0)``. Integrated with classical RK4 on the objective's grid
-  (:meth:`~diffpolicy.core.objectives.Objective.ode_times`: evenly spaced in log-SNR); the divergence exactly (one backward pass per dimension: small events such as action chunks) or by Hutchinson's
+  (:meth:`~diffpolicy.core.objectives.Objective.ode_times`: evenly spaced in log-SNR); the divergence exactly (one
+  backward pass per dimension: small events such as action chunks) or by Hutchinson's
   estimator with Rademacher probes held fixed along the path (Grathwohl et al. 2019).
 
 The bound and the ODE describe different models built from one network (a discrete Gaussian chain; a continuous
@@ -129,7 +130,8 @@ def vlb(denoise: "Denoiser", x0: torch.Tensor, schedule: SamplingSchedule, bin_w
 
 
 def _divergence(v: torch.Tensor, y: torch.Tensor, probes: torch.Tensor | None) -> torch.Tensor:
-    """``div_y v`` per sample ``(B,)``: exact (``probes`` None) or Hutchinson's mean over ``probes`` ``(P, B, *event)``."""
+    """``div_y v`` per sample ``(B,)``: exact (``probes`` None) or Hutchinson's mean over ``probes``
+    ``(P, B, *event)``."""
     if probes is None:
         flat = v.flatten(1)
         cols = [torch.autograd.grad(flat[:, d].sum(), y, retain_graph=True)[0].flatten(1)[:, d]

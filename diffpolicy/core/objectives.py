@@ -237,7 +237,8 @@ class DDPM(Objective):
     def likelihood_schedule(self, steps: int | None = None, log_snr_range: tuple[float, float] | None = None
                             ) -> SamplingSchedule:
         """Without ``steps``: the DDPM's own chain, every training timestep ``K - 1`` down to 0 (Ho et al.'s bound).
-        With ``steps``: levels evenly spaced in log-SNR (fractional model times; see :meth:`Objective.likelihood_schedule`)."""
+        With ``steps``: levels evenly spaced in log-SNR (fractional model times; see
+        :meth:`Objective.likelihood_schedule`)."""
         if steps is None and log_snr_range is None:
             return self.sampling_schedule(self.num_train_timesteps, spacing="linspace")
         return super().likelihood_schedule(steps, log_snr_range)
@@ -257,7 +258,7 @@ class DDPM(Objective):
     def flow_time_range(self) -> tuple[float, float]:
         lam = self._log_snr()
         last = int((lam >= math.log(self.ODE_MIN_SNR)).nonzero().max())
-        tau = lambda l: float(torch.sigmoid(-0.5 * l))  # noqa: E731  sigma / (alpha + sigma) at log-SNR l (VP)
+        tau = lambda log_snr: float(torch.sigmoid(-0.5 * log_snr))  # noqa: E731  sigma / (alpha + sigma)
         return tau(lam[0]), tau(lam[last])
 
     def level(self, tau):

@@ -59,7 +59,8 @@ class NoisyDigitClassifier(nn.Module):
         self.time = TimeEmbedding(time_embed_dim)
         blocks, c_prev = [], in_channels
         for c in channels:
-            blocks += [_Block(c_prev, c, time_embed_dim, norm_num_groups), _Block(c, c, time_embed_dim, norm_num_groups)]
+            blocks += [_Block(c_prev, c, time_embed_dim, norm_num_groups),
+                       _Block(c, c, time_embed_dim, norm_num_groups)]
             c_prev = c
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Linear(c_prev, num_classes)
@@ -78,7 +79,8 @@ class NoisyDigitClassifier(nn.Module):
         x0, labels = batch["image"], batch["label"]
         expected = (self.in_channels, self.image_size, self.image_size)
         if x0.ndim != 4 or tuple(x0.shape[1:]) != expected:
-            raise ValueError(f"batch['image'] has shape {tuple(x0.shape)}; expected (B, {', '.join(map(str, expected))})")
+            raise ValueError(f"batch['image'] has shape {tuple(x0.shape)}; "
+                             f"expected (B, {', '.join(map(str, expected))})")
         alpha, sigma, model_time, _ = self.objective.sample_training_times(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * noise
