@@ -50,12 +50,13 @@ def test_the_exact_consistency_function_has_zero_loss_and_an_inconsistent_one_do
     assert cd.loss(three, POINTS[torch.arange(64) % 3], generator=g) > 1e-3
 
 
-def test_distilled_student_samples_the_data_in_one_step_where_the_teacher_cannot():
+@pytest.mark.parametrize("teacher_steps", [1, 16])
+def test_distilled_student_samples_the_data_in_one_step_where_the_teacher_cannot(teacher_steps):
     """One Euler step of the exact teacher lands at the data mean; the distilled student's one step lands on the
-    data points (the teacher needs many steps for that)."""
+    data points (the teacher needs many steps for that), with one-step (bootstrapped) or whole-ODE targets."""
     torch.manual_seed(0)
     flow, teacher, student = FlowMatching(sampling_shift=0.5), ExactFlow(POINTS), Student()
-    cd = ConsistencyDistillation(flow, teacher, flow.sampling_schedule(16))
+    cd = ConsistencyDistillation(flow, teacher, flow.sampling_schedule(16), teacher_steps=teacher_steps)
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(1)
     for _ in range(800):
@@ -75,6 +76,40 @@ def test_distilled_student_samples_the_data_in_one_step_where_the_teacher_cannot
     # the student's one step sends each noise to the data point the teacher's 32 steps reach (measured: 0.99)
     same_point = (torch.cdist(one_step, POINTS).argmin(1) == torch.cdist(teacher_many, POINTS).argmin(1)).float()
     assert same_point.mean() > 0.95, same_point.mean()
+
+
+@pytest.mark.parametrize("teacher_steps", [2, 8, 50])
+def test_multistep_targets_are_the_teachers_euler_steps_then_the_students_estimate(teacher_steps):
+    """Per sample, the target of ``teacher_steps = k`` is the teacher's Euler solve over grid steps n .. min(n + k,
+    N) (core.samplers.euler on that slice of the grid), then the student's x0 estimate there unless at the data."""
+    flow, teacher, student = FlowMatching(sampling_shift=0.5), ExactFlow(POINTS), Student()
+    grid = flow.sampling_schedule(8)
+    cd = ConsistencyDistillation(flow, teacher, grid, teacher_steps=teacher_steps)
+    x0 = POINTS[torch.arange(40) % 3]
+    with torch.no_grad():
+        loss = cd.loss(student, x0, generator=torch.Generator().manual_seed(3), reduce=False)
+    g = torch.Generator().manual_seed(3)  # the loss's own draws, in its order
+    n = torch.randint(0, 8, (40,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    expected = []
+    for i in range(40):
+        a, m = int(n[i]), min(int(n[i]) + teacher_steps, 8)
+        x = grid.alpha[a] * x0[i : i + 1] + grid.sigma[a] * noise[i : i + 1]
+        piece = type(grid)(grid.alpha[a : m + 1], grid.sigma[a : m + 1], grid.model_time[a : m + 1])
+        with torch.no_grad():
+            target = euler(flow.denoiser(teacher, clip=False), x, piece)
+            if m < 8:
+                target = flow.denoiser(student, clip=False)(target, grid.model_time[m : m + 1], grid.alpha[m],
+                                                            grid.sigma[m])[0]
+            pred = flow.denoiser(student, clip=False)(x, grid.model_time[a : a + 1], grid.alpha[a], grid.sigma[a])[0]
+        expected.append((pred - target).pow(2).mean())
+    torch.testing.assert_close(loss, torch.stack(expected), rtol=1e-4, atol=1e-7)
+
+
+def test_teacher_steps_must_be_a_positive_integer():
+    flow = FlowMatching()
+    with pytest.raises(ValueError, match="teacher_steps must be an integer >= 1, got 0"):
+        ConsistencyDistillation(flow, ExactFlow(POINTS), flow.sampling_schedule(4), teacher_steps=0)
 
 
 def test_a_teacher_grid_must_have_a_step():

@@ -98,7 +98,8 @@ def test_distill_run_starts_from_the_teacher_and_samples_in_one_step(train_confi
     train_run.run(cfg)
     teacher, tcfg = load_policy(teacher_dir)
     cfg = train_config(tmp_path / "student", "unet_ddpm")  # policy= is replaced by the teacher's
-    cfg["distill"] = {"teacher": str(teacher_dir), "grid_steps": 4, "shift": None, "sample_steps": 1}
+    cfg["distill"] = {"teacher": str(teacher_dir), "grid_steps": 4, "shift": None, "sample_steps": 1,
+                      "teacher_steps": 2}
     cfg["training"].update(steps=10, eval={"n_episodes": 2, "n_envs": 2, "video_episodes": 0}, eval_every=0)
     summary = train_run.run(cfg)
     assert summary["n_episodes"] == 2

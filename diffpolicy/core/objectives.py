@@ -342,6 +342,11 @@ class FlowMatching(Objective):
         return 1 - tau, tau, tau * self.time_scale
 
 
+def _take(cond, index):
+    """The rows ``index`` of a condition (a tensor ``(B, ...)`` or None)."""
+    return None if cond is None else cond[index]
+
+
 class ConsistencyDistillation(Objective):
     """Consistency distillation (Song et al. 2023) of a teacher into a student that samples in one step.
 
@@ -353,34 +358,56 @@ class ConsistencyDistillation(Objective):
     ``f(x_{n+1}, t_{n+1})`` (the target network of improved consistency training: no EMA copy). At ``n + 1 = N``
     the target is ``x_{n+1}`` itself, which anchors the chain at the data.
 
+    ``teacher_steps = k`` takes ``k`` teacher steps per target, ``x_n -> x_{min(n + k, N)}`` (multistep targets, as
+    in consistency trajectory models): ``k = 1`` is the bootstrapped chain above, cheapest per step; ``k >= N``
+    makes every target the teacher's own ODE solution at the data end (no student estimate in the target, no errors
+    compounding along the chain) for ``(N + 1) / 2`` teacher evaluations per sample on average.
+
     Sampling is the base objective's (``denoiser`` and ``sampling_schedule`` delegate to it): ``euler`` or ``ddim``
     with 1 step is the one-step consistency sample, more steps are multistep consistency sampling. ``teacher`` is a
     network of the same objective and condition (a frozen copy of the student's starting point).
     """
 
-    def __init__(self, base: Objective, teacher: Net, schedule: SamplingSchedule):
+    def __init__(self, base: Objective, teacher: Net, schedule: SamplingSchedule, teacher_steps: int = 1):
         if schedule.num_steps < 1:
             raise ValueError("consistency distillation needs a teacher grid of at least one step")
+        if int(teacher_steps) != teacher_steps or teacher_steps < 1:
+            raise ValueError(f"consistency distillation teacher_steps must be an integer >= 1, got {teacher_steps!r}")
         self.base, self.teacher, self.schedule = base, teacher, schedule
+        self.teacher_steps = int(teacher_steps)
         self.prediction, self.clip_x0, self.clip_keeps_noise = base.prediction, base.clip_x0, base.clip_keeps_noise
 
     def loss(self, net, x0, cond=None, generator=None, reduce=True, noise=None):
-        """Mean squared distance between the student's x0 estimates at ``x_n`` and (stop-gradient) at ``x_{n+1}``,
-        ``n`` uniform over the grid's steps, per sample."""
+        """Mean squared distance between the student's x0 estimates at ``x_n`` and (stop-gradient) at ``x_m``,
+        ``m = min(n + teacher_steps, N)``, ``n`` uniform over the grid's steps, per sample."""
         s = self.schedule.to(device=x0.device, dtype=x0.dtype)
         n = torch.randint(0, s.num_steps, (x0.shape[0],), generator=generator, device=x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        a, sg, a1, sg1 = (_bcast(v, x0) for v in (s.alpha[n], s.sigma[n], s.alpha[n + 1], s.sigma[n + 1]))
-        x = a * x0 + sg * noise
-        with torch.no_grad():  # one deterministic (DDIM = Euler on flow paths) step of the teacher
-            x0_t, eps_t = self.base.denoiser(self.teacher, cond)(x, s.model_time[n], a, sg)
-            x_next = a1 * x0_t + sg1 * eps_t
-            target = self._x0(net, x_next, s.model_time[n + 1], a1, sg1, cond)
-            target = torch.where(sg1 == 0, x_next, target)  # at the data end f is the identity
-        pred = self._x0(net, x, s.model_time[n], a, sg, cond)
+        x = _bcast(s.alpha[n], x0) * x0 + _bcast(s.sigma[n], x0) * noise
+        m = (n + self.teacher_steps).clamp(max=s.num_steps)
+        with torch.no_grad():
+            target = self._teacher_steps(x, n, m, s, cond)
+            inner = (s.sigma[m] > 0).nonzero().squeeze(1)  # at the data end (sigma = 0) f is the identity
+            if len(inner):
+                i = m[inner]
+                target[inner] = self._x0(net, target[inner], s.model_time[i], _bcast(s.alpha[i], x0[inner]),
+                                         _bcast(s.sigma[i], x0[inner]), _take(cond, inner))
+        pred = self._x0(net, x, s.model_time[n], _bcast(s.alpha[n], x0), _bcast(s.sigma[n], x0), cond)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         return per_sample.mean() if reduce else per_sample
+
+    def _teacher_steps(self, x, n, m, s, cond):
+        """Deterministic teacher steps (DDIM = Euler on flow paths) from grid index ``n`` to ``m``, per sample;
+        each network call takes only the samples still moving."""
+        x = x.clone()
+        for j in range(int((m - n).max())):
+            moving = (n + j < m).nonzero().squeeze(1)
+            k = n[moving] + j
+            a, sg, a1, sg1 = (_bcast(v, x[moving]) for v in (s.alpha[k], s.sigma[k], s.alpha[k + 1], s.sigma[k + 1]))
+            x0_t, eps_t = self.base.denoiser(self.teacher, _take(cond, moving))(x[moving], s.model_time[k], a, sg)
+            x[moving] = a1 * x0_t + sg1 * eps_t
+        return x
 
     def _x0(self, net, x, model_time, alpha, sigma, cond):
         """The consistency function: the base objective's x0 estimate at per-sample times."""

@@ -176,7 +176,7 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     if mode == "distill":
         plan = teacher.sampling_plan("euler", distill.get("grid_steps", 16), shift=distill.get("shift"))
         policy.objective = ConsistencyDistillation(policy.objective, teacher.net.eval().requires_grad_(False),
-                                                   plan.schedule)
+                                                   plan.schedule, distill.get("teacher_steps", 1))
         # the teacher's net reads the student's observation features: they stay the teacher's (encoder frozen)
         policy.encoder.requires_grad_(False)
         batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
