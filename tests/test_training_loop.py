@@ -136,3 +136,32 @@ def test_keep_checkpoints_zero_keeps_every_budget_with_its_training_seconds(tmp_
     cfg = TrainConfig(steps=10, batch_size=16, warmup_steps=1, checkpoint_every=2, keep_checkpoints=0)
     train(Toy(), batches, cfg, tmp_path, {}, resume=True)
     assert load_train_state(resolve_checkpoint(tmp_path))["train_seconds"] > seconds[-1]
+
+
+class ToyWithEncoder(Toy):
+    """``encoder.`` parameters, as a policy's observation encoder has, beside the denoiser's."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(2, 2)
+
+    def forward(self, batch, generator):
+        return super().forward(self.encoder(batch), generator)
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_encoder_lr_scale_multiplies_only_the_encoders_updates(tmp_path, scale):
+    """AdamW's update is proportional to the lr: after one step the encoder has moved ``scale`` times as far as at
+    scale 1 (0: not at all), the rest of the model exactly as far."""
+    moved = {}
+    for s in (1.0, scale):
+        torch.manual_seed(0)
+        model = ToyWithEncoder()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = TrainConfig(steps=1, batch_size=16, lr=1e-2, warmup_steps=1, checkpoint_every=1, encoder_lr_scale=s)
+        train(model, batches, cfg, tmp_path / str(s), {})
+        moved[s] = {k: v - before[k] for k, v in model.state_dict().items()}
+    for k in moved[1.0]:
+        expected = moved[1.0][k] * (scale if k.startswith("encoder.") else 1.0)
+        assert moved[1.0][k].abs().max() > 0, k
+        torch.testing.assert_close(moved[scale][k], expected, rtol=1e-4, atol=1e-8)

@@ -47,6 +47,7 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 0  # 0: evaluate only at the end (if an evaluate callback is given)
     seed: int = 0
+    encoder_lr_scale: float = 1.0  # the observation encoder's lr as a multiple of ``lr`` (parameters under encoder.)
     bf16: bool = True  # bf16 autocast of the forward pass on CUDA
     bf16_cpu: bool | str = False  # the same on a CPU with native bf16 (AVX512-BF16 / AMX); "auto": where there is
 
@@ -117,14 +118,19 @@ def train(model: nn.Module, batch_fn: Callable[[int, torch.Generator], Any], cfg
     run_dir = Path(run_dir)
     place_for_device(model, device)  # on CUDA camera encoders go channels-last
     ema = EMA(model, power=cfg.ema_power, max_decay=cfg.ema_max_decay)
-    decay, no_decay = [], []
+    # parameter groups: (weight decay, own encoder lr) -> parameters; the encoder has a group of its own only when
+    # its lr differs, so a default run's optimizer state keeps the two groups (decay, no decay) in that order
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        decays = p.ndim >= 2 and "norm" not in name.lower()
+        encoder = cfg.encoder_lr_scale != 1.0 and name.removeprefix("module.").startswith("encoder.")
+        groups.setdefault((decays, encoder), []).append(p)
+    order = [(True, False), (False, False), (True, True), (False, True)]
     # fused: one kernel for the whole update on CPU and CUDA (results/core.md run F: a 1.30x faster training step
     # than the default AdamW at the large width, equal at the small one)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
-                            fused=True)
+    opt = torch.optim.AdamW([{"params": groups[key], "weight_decay": cfg.weight_decay if key[0] else 0.0,
+                              "lr": cfg.lr * (cfg.encoder_lr_scale if key[1] else 1.0)}
+                             for key in order if key in groups], lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     start, seconds_before = 0, 0.0  # steps and training seconds (evaluation excluded) of earlier processes
     ckpt_root = run_dir / "checkpoints"
