@@ -22,7 +22,8 @@ measures:
   - store (images): ``sample_batch`` through the chunk-cached zarr path (``WindowDataset(memory_budget=0,
     cache_bytes=--cache-mib)``, what training does with an image array larger than its memory budget; below the
     budget it loads the array whole and "direct" is its rate), first run (cache filling) and best run, against
-    "direct" on the in-memory arrays (both with the random crop and float conversion).
+    "direct" on the in-memory arrays (both with the random crop and float conversion), for uniformly random windows
+    and for training's chunk-local windows (``ChunkLocalWindows``: batches from a rotating pool of half the cache).
 Image crops are 84x84 for 96x96 images and 56x56 for 64x64 (side - side // 8). ``--variants ROWS:CODEC`` rewrites
 each image store with ``ROWS`` rows per chunk (``default``: ~2 MiB chunks) and Blosc ``lz4`` / ``zstd`` or ``none``
 (``default_compressors`` patched here only) and measures numpy / direct / store for each; ``--source-store`` adds
@@ -45,7 +46,7 @@ from zarr.codecs import BloscCodec
 
 import diffpolicy.data.replay_buffer as replay_buffer_module
 from diffpolicy.data.dataset import WindowDataset
-from diffpolicy.data.loader import make_dataloader
+from diffpolicy.data.loader import ChunkLocalWindows, make_dataloader
 from diffpolicy.data.replay_buffer import ReplayBuffer
 from diffpolicy.data.windows import WindowIndex
 
@@ -111,8 +112,10 @@ def loader_rate(ds: WindowDataset, batch_size: int, workers: int, n_batches: int
     return best
 
 
-def direct_rates(ds: WindowDataset, batch_size: int, n_batches: int) -> list[float]:
-    """Rates of ``REPEATS`` runs, in order (the first one fills a chunk cache)."""
+def direct_rates(ds: WindowDataset, batch_size: int, n_batches: int,
+                 local: ChunkLocalWindows | None = None) -> list[float]:
+    """Rates of ``REPEATS`` runs, in order (the first one fills a chunk cache); windows in the baseline's random
+    order, or drawn by ``local`` (training's chunk-local sampling) for steps 0, 1, ..."""
     order = np.random.default_rng(0).permutation(len(ds))  # the baseline's window order
     nb = len(ds) // batch_size
     rates = []
@@ -121,7 +124,11 @@ def direct_rates(ds: WindowDataset, batch_size: int, n_batches: int) -> list[flo
         for b in range(n_batches):
             # each run takes the next windows, so a chunk cache is never replayed in the same order
             i = (b + r * n_batches) % nb
-            ds.sample_batch(order[i * batch_size:(i + 1) * batch_size], b)
+            if local is None:
+                windows = order[i * batch_size:(i + 1) * batch_size]
+            else:
+                windows = local.sample(b + r * n_batches, np.random.default_rng(b + r * n_batches), batch_size)
+            ds.sample_batch(windows, b)
         rates.append(n_batches * batch_size / (time.perf_counter() - t0))
     return rates
 
@@ -135,12 +142,16 @@ def store_line(path: Path, obs_keys: list[str], crop: tuple[int, int], bs: int, 
     """Rate of the chunk-cached store path (``memory_budget=0``) against ``mem``, the in-memory direct rate."""
     ds = WindowDataset(path, obs_keys, horizon=HORIZON, n_obs_steps=N_OBS, n_action_steps=N_ACT, crop_shape=crop,
                        memory_budget=0, cache_bytes=cache_mib << 20)
-    rates = direct_rates(ds, bs, nb)
-    best = max(rates)
-    verdict = "within 2x" if mem / best <= 2 else "NOT within 2x"
-    print(f"store (chunk-cached zarr, cache {cache_mib} MiB), batch {bs}: first run {rates[0]:,.0f}, best "
-          f"{best:,.0f} windows/s  (in-memory direct/store = {mem / rates[0]:.2f}x first, {mem / best:.2f}x best: "
-          f"{verdict})")
+    group, pool = ds.chunk_groups()
+    for name, local in (("uniform windows", None), ("chunk-local windows", ChunkLocalWindows(group, pool, bs))):
+        rates = direct_rates(ds, bs, nb, local)
+        best, mean = max(rates), len(rates) / sum(1 / r for r in rates)  # mean: all windows over all time
+        verdict = "within 2x" if mem / best <= 2 else "NOT within 2x"
+        print(f"store (chunk-cached zarr, cache {cache_mib} MiB, {name}), batch {bs}: first run {rates[0]:,.0f}, "
+              f"mean {mean:,.0f}, best {best:,.0f} windows/s  (in-memory direct/store = {mem / rates[0]:.2f}x first, "
+              f"{mem / mean:.2f}x mean, {mem / best:.2f}x best: {verdict})")
+        ds = WindowDataset(ds.buffer.path, ds.obs_keys, horizon=HORIZON, n_obs_steps=N_OBS, n_action_steps=N_ACT,
+                           crop_shape=crop, memory_budget=0, cache_bytes=cache_mib << 20)  # a cold cache
 
 
 def image_store_rows(path: Path, obs_keys: list[str], crop: tuple[int, int], bs: int, nb: int,

@@ -68,3 +68,17 @@ def test_resume_takes_the_runs_own_config(tmp_path, train_config):
     assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_00000009"
     with pytest.raises(FileNotFoundError, match=r"resume=true: run directory .*nowhere does not exist"):
         train_run.run({"resume": True, "run_dir": str(tmp_path / "nowhere")})
+
+
+def test_a_dataset_over_the_memory_budget_trains_from_chunk_local_batches(tmp_path, train_config, capsys):
+    cfg = train_config(tmp_path / "run", "unet_flow")
+    cfg["training"].update(steps=4, checkpoint_every=4, memory_budget_mib=0, cache_mib=1)
+    cfg["training"]["eval"] = {"n_episodes": 1, "n_envs": 1, "video_episodes": 0}
+    train_run.run(cfg)
+    out = capsys.readouterr().out
+    assert "read through a chunk cache (over training.memory_budget_mib); each batch is drawn from" in out
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_00000004"
+    bad = train_config(tmp_path / "bad", "unet_flow")
+    bad["training"]["chunk_local"] = "sometimes"
+    with pytest.raises(ValueError, match="training.chunk_local must be auto, true or false; got 'sometimes'"):
+        train_run.run(bad)

@@ -2,7 +2,9 @@
 
 zarr costs ~0.5-0.9 ms per read request, so training never reads windows from zarr one by one: arrays that fit in
 the memory budget are loaded whole once; the others are wrapped in :class:`ChunkCachedArray`, which serves row
-gathers from whole decompressed chunks kept in a byte-bounded LRU cache.
+gathers from whole decompressed chunks kept in a byte-bounded LRU cache. Uniformly random windows over an array
+larger than that cache miss most chunks; training then draws its batches chunk-locally
+(:class:`~diffpolicy.data.loader.ChunkLocalWindows`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class ChunkCachedArray:
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.path, self.key = path, key
         self.shape, self.dtype, self.chunk_len = tuple(shape), np.dtype(dtype), int(chunk_len)
-        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self.max_chunks = max(1, cache_bytes // max(row_bytes * self.chunk_len, 1))
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.max_chunks = max(1, cache_bytes // max(self.row_bytes * self.chunk_len, 1))
         self._array: CheckedArray | None = None
         self._pid = -1
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()

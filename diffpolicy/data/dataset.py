@@ -137,6 +137,17 @@ class WindowDataset(torch.utils.data.Dataset):
         offsets = crop_offsets(len(rows), arr.shape[1:3], self.crop_shape, rng)
         return to_float(gather_cropped(arr, rows, self.crop_shape, offsets))
 
+    def chunk_groups(self) -> tuple[np.ndarray, int] | None:
+        """``(group (N,), pool)`` for :class:`~diffpolicy.data.loader.ChunkLocalWindows`, or None when every array
+        is in memory: the chunk holding each window's first observation row in the chunk-cached array with the
+        largest rows, and how many of its chunks to draw batches from at a time (half its cache, so the spill of
+        windows into the following chunk and the next pool's first batches fit too)."""
+        cached = [a for a in self.arrays.values() if isinstance(a, ChunkCachedArray)]
+        if not cached:
+            return None
+        arr = max(cached, key=lambda a: a.row_bytes)
+        return self.index.table[:, 0] // arr.chunk_len, max(1, arr.max_chunks // 2)
+
     def __getitem__(self, i: int) -> dict:
         """Window ``i`` -> ``{"obs": {key: (To, ...)}, "action": (T, Da)}``."""
         batch = self.sample_batch(np.array([int(i)]))

@@ -49,6 +49,55 @@ class SeededBatchSampler:
         yield from map(BatchRequest, batches, crop_seeds)
 
 
+class ChunkLocalWindows:
+    """Step-indexed window ids drawn from a rotating pool of chunks: random access to a store larger than its chunk
+    cache, without re-reading a chunk for nearly every window.
+
+    An epoch is ``E = round(N / batch_size)`` steps. It visits the ``G`` chunk groups (``group`` (N,): the chunk of
+    each window) in a seeded random order, cut into ``P = ceil(G / pool)`` consecutive pools of about ``pool``
+    groups, and gives each pool a share of the epoch's steps proportional to its windows; those steps draw windows
+    uniformly (with replacement, like the in-memory path) from the pool. So every window is drawn about once per
+    epoch, as from the whole set, and a pool's chunks stay cached while it is used; only the batch composition
+    changes (a batch mixes ``pool / G`` of the data). ``sample(step, rng, n)`` depends only on ``(seed, rank, step)``
+    and ``rng``, so a resumed run repeats.
+    """
+
+    def __init__(self, group: np.ndarray, pool: int, batch_size: int, seed: int = 0, rank: int = 0):
+        group = np.asarray(group, dtype=np.int64)
+        if group.ndim != 1 or len(group) == 0 or pool < 1 or batch_size < 1:
+            raise ValueError(f"need a non-empty (N,) group array, pool >= 1 and batch_size >= 1; got shape "
+                             f"{group.shape}, pool={pool}, batch_size={batch_size}")
+        self.by_group = np.argsort(group, kind="stable")  # window ids, grouped
+        _, self.first, self.count = np.unique(group[self.by_group], return_index=True, return_counts=True)
+        self.n_groups = len(self.count)
+        self.n_pools = -(-self.n_groups // pool)
+        self.epoch_steps = max(self.n_pools, round(len(group) / batch_size))
+        self.seed, self.rank = seed, rank
+        self._epoch, self._plan = -1, None
+
+    def pool(self, step: int) -> np.ndarray:
+        """Group indices (into the sorted groups) that step ``step`` draws from."""
+        epoch, s = divmod(step, self.epoch_steps)
+        if epoch != self._epoch:
+            perm = np.random.default_rng([self.seed, self.rank, epoch, 0x10CA1]).permutation(self.n_groups)
+            cuts = np.arange(self.n_pools + 1) * self.n_groups // self.n_pools
+            windows = np.add.reduceat(self.count[perm], cuts[:-1])
+            last_step = np.rint(np.cumsum(windows) / windows.sum() * self.epoch_steps).astype(np.int64)
+            self._epoch, self._plan = epoch, (perm, cuts, last_step)
+        perm, cuts, last_step = self._plan
+        j = int(np.searchsorted(last_step, s, side="right"))  # pools given no step this epoch are skipped
+        return perm[cuts[j]:cuts[j + 1]]
+
+    def sample(self, step: int, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``(n,)`` window ids, uniform over the windows of step ``step``'s pool."""
+        groups = self.pool(step)
+        counts = self.count[groups]
+        ends = np.cumsum(counts)
+        u = rng.integers(0, ends[-1], n)
+        k = np.searchsorted(ends, u, side="right")  # which group of the pool each draw falls in
+        return self.by_group[self.first[groups[k]] + u - (ends[k] - counts[k])]
+
+
 class _BatchView(torch.utils.data.Dataset):
     """Adapts :class:`WindowDataset` to the DataLoader's ``batch_size=None`` mode: one item = one batch."""
 

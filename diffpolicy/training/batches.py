@@ -13,22 +13,32 @@ import numpy as np
 import torch
 
 from ..data.dataset import WindowDataset
-from ..data.loader import BatchRequest, _BatchView
+from ..data.loader import BatchRequest, ChunkLocalWindows, _BatchView
 
 
 class StepBatches:
-    """``batch_fn(step, generator)`` for :func:`~diffpolicy.training.loop.train` over a :class:`WindowDataset`."""
+    """``batch_fn(step, generator)`` for :func:`~diffpolicy.training.loop.train` over a :class:`WindowDataset`.
+
+    Windows are uniform over the dataset, or, when an array is chunk-cached (larger than the memory budget) and
+    ``chunk_local`` is not False, uniform over a rotating pool of its chunks (:class:`ChunkLocalWindows`).
+    """
 
     def __init__(self, dataset: WindowDataset, batch_size: int, seed: int = 0, num_workers: int = 0,
-                 device: torch.device | str = "cpu", rank: int = 0):
+                 device: torch.device | str = "cpu", rank: int = 0, chunk_local: bool | None = None):
         self.dataset, self.batch_size, self.seed, self.rank = dataset, batch_size, seed, rank
         self.num_workers, self.device = num_workers, torch.device(device)
+        groups = dataset.chunk_groups() if chunk_local is not False else None
+        self.local = ChunkLocalWindows(*groups, batch_size, seed, rank) if groups is not None else None
         self._it: Iterator | None = None
         self._next = -1
 
     def request(self, step: int) -> BatchRequest:
         rng = np.random.default_rng([self.seed, step, self.rank])
-        return BatchRequest(rng.integers(0, len(self.dataset), self.batch_size), int(rng.integers(0, 2**62)))
+        if self.local is None:
+            windows = rng.integers(0, len(self.dataset), self.batch_size)
+        else:
+            windows = self.local.sample(step, rng, self.batch_size)
+        return BatchRequest(windows, int(rng.integers(0, 2**62)))
 
     def _requests(self, start: int) -> Iterator[BatchRequest]:
         return map(self.request, itertools.count(start))

@@ -21,6 +21,7 @@ import yaml
 from ..accel import accelerate
 from ..core.objectives import ConsistencyDistillation, make_objective
 from ..core.samplers import check_steps, get_sampler
+from ..data.cache import ChunkCachedArray
 from ..data.collect import collect_dataset
 from ..data.dataset import WindowDataset
 from ..data.errors import DatasetError
@@ -148,7 +149,9 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
                          max_train_episodes=tcfg.pop("max_train_episodes", None),
-                         crop_shape=task.get("crop_shape"), obs_spec=task.get("obs_spec"), **geometry)
+                         crop_shape=task.get("crop_shape"), obs_spec=task.get("obs_spec"),
+                         memory_budget=int(tcfg.pop("memory_budget_mib", 4096)) << 20,
+                         cache_bytes=int(tcfg.pop("cache_mib", 512)) << 20, **geometry)
     check_episode_lengths(data)
     lowdim = [k for k in task["obs_keys"] if k not in data.image_keys]
     normalizer = teacher.normalizer if teacher else data.normalizer({k: "minmax" for k in [*lowdim, data.action_key]})
@@ -164,6 +167,10 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     config = {**cfg, "policy": pcfg, "task": {**task, "image_keys": list(data.image_keys)}, "shapes": shapes}
     eval_cfg = tcfg.pop("eval", {})
     num_workers = tcfg.pop("num_workers", 0)
+    chunk_local = tcfg.pop("chunk_local", "auto")
+    if chunk_local not in ("auto", True, False):
+        raise ValueError(f"training.chunk_local must be auto, true or false; got {chunk_local!r}")
+    chunk_local = None if chunk_local == "auto" else chunk_local
     train_cfg = TrainConfig(**{k: v for k, v in tcfg.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     if rank == 0:  # everything is checked: the run directory is made now, with the run's resolved config
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -179,14 +186,19 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                                                    plan.schedule, distill.get("teacher_steps", 1))
         # the teacher's net reads the student's observation features: they stay the teacher's (encoder frozen)
         policy.encoder.requires_grad_(False)
-        batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
+        batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank, chunk_local)
     elif teacher:
         plan = teacher.sampling_plan(reflow.get("sampler", "euler"), reflow.get("steps", 16), shift=reflow.get("shift"))
         couplings = make_couplings(teacher, data, plan, reflow.get("copies", 2), seed=train_cfg.seed, device=device)
         del teacher
         batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
     else:
-        batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank)
+        batch_fn = StepBatches(data, train_cfg.batch_size, train_cfg.seed, num_workers, device, rank, chunk_local)
+    local = getattr(batch_fn, "local", None)
+    if rank == 0 and local is not None:
+        cached = [k for k, a in data.arrays.items() if isinstance(a, ChunkCachedArray)]
+        print(f"data: {', '.join(cached)} read through a chunk cache (over training.memory_budget_mib); each batch "
+              f"is drawn from {len(local.pool(0))} of {local.n_groups} chunks at a time (training.chunk_local)")
     val = data.validation() if data.val_mask.any() else None
 
     def validate(model) -> float:
