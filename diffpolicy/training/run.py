@@ -21,7 +21,7 @@ import yaml
 from ..accel import accelerate
 from ..core.objectives import ConsistencyDistillation, make_objective
 from ..core.samplers import check_steps, get_sampler
-from ..data.cache import ChunkCachedArray
+from ..data.cache import DEFAULT_CACHE_BYTES, DEFAULT_MEMORY_BUDGET, ChunkCachedArray
 from ..data.collect import collect_dataset
 from ..data.dataset import WindowDataset
 from ..data.errors import DatasetError
@@ -150,8 +150,8 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
                          max_train_episodes=tcfg.pop("max_train_episodes", None),
                          crop_shape=task.get("crop_shape"), obs_spec=task.get("obs_spec"),
-                         memory_budget=int(tcfg.pop("memory_budget_mib", 4096)) << 20,
-                         cache_bytes=int(tcfg.pop("cache_mib", 512)) << 20, **geometry)
+                         memory_budget=int(tcfg.pop("memory_budget_mib", DEFAULT_MEMORY_BUDGET >> 20)) << 20,
+                         cache_bytes=int(tcfg.pop("cache_mib", DEFAULT_CACHE_BYTES >> 20)) << 20, **geometry)
     check_episode_lengths(data)
     lowdim = [k for k in task["obs_keys"] if k not in data.image_keys]
     normalizer = teacher.normalizer if teacher else data.normalizer({k: "minmax" for k in [*lowdim, data.action_key]})
