@@ -140,18 +140,18 @@ def direct_rate(ds: WindowDataset, batch_size: int, n_batches: int) -> float:
 def store_line(path: Path, obs_keys: list[str], crop: tuple[int, int], bs: int, nb: int, cache_mib: int,
                mem: float) -> None:
     """Rate of the chunk-cached store path (``memory_budget=0``) against ``mem``, the in-memory direct rate."""
-    ds = WindowDataset(path, obs_keys, horizon=HORIZON, n_obs_steps=N_OBS, n_action_steps=N_ACT, crop_shape=crop,
-                       memory_budget=0, cache_bytes=cache_mib << 20)
-    group, pool = ds.chunk_groups()
+    def cold() -> WindowDataset:  # a fresh chunk cache for each window order
+        return WindowDataset(path, obs_keys, horizon=HORIZON, n_obs_steps=N_OBS, n_action_steps=N_ACT,
+                             crop_shape=crop, memory_budget=0, cache_bytes=cache_mib << 20)
+
+    group, pool = cold().chunk_groups()
     for name, local in (("uniform windows", None), ("chunk-local windows", ChunkLocalWindows(group, pool, bs))):
-        rates = direct_rates(ds, bs, nb, local)
+        rates = direct_rates(cold(), bs, nb, local)
         best, mean = max(rates), len(rates) / sum(1 / r for r in rates)  # mean: all windows over all time
         verdict = "within 2x" if mem / best <= 2 else "NOT within 2x"
         print(f"store (chunk-cached zarr, cache {cache_mib} MiB, {name}), batch {bs}: first run {rates[0]:,.0f}, "
               f"mean {mean:,.0f}, best {best:,.0f} windows/s  (in-memory direct/store = {mem / rates[0]:.2f}x first, "
               f"{mem / mean:.2f}x mean, {mem / best:.2f}x best: {verdict})")
-        ds = WindowDataset(ds.buffer.path, ds.obs_keys, horizon=HORIZON, n_obs_steps=N_OBS, n_action_steps=N_ACT,
-                           crop_shape=crop, memory_budget=0, cache_bytes=cache_mib << 20)  # a cold cache
 
 
 def image_store_rows(path: Path, obs_keys: list[str], crop: tuple[int, int], bs: int, nb: int,
