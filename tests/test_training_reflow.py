@@ -112,3 +112,33 @@ def test_distill_run_starts_from_the_teacher_and_samples_in_one_step(train_confi
     cfg["reflow"], cfg["run_dir"] = {"teacher": str(teacher_dir)}, str(tmp_path / "both")
     with pytest.raises(ValueError, match="reflow.teacher and distill.teacher are both set"):
         train_run.run(cfg)
+
+
+def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_config, tmp_path):
+    """distill.method=regression: the teacher's Euler samples are drawn once (couplings) and the student, started
+    from distill.init (here the teacher's own run) or the teacher, regresses its one-step map onto them; a wrong
+    method or an init of another architecture is a clear error."""
+    teacher_dir = tmp_path / "teacher"
+    cfg = train_config(teacher_dir, "unet_flow")
+    cfg["training"].update(steps=20, eval={"n_episodes": 0})
+    train_run.run(cfg)
+    teacher, tcfg = load_policy(teacher_dir)
+    cfg = train_config(tmp_path / "student", "unet_flow")
+    cfg["distill"] = {"teacher": str(teacher_dir), "method": "regression", "init": str(teacher_dir),
+                      "grid_steps": 3, "copies": 2, "sample_steps": 1}
+    cfg["training"].update(steps=10, eval={"n_episodes": 0}, val_ratio=0.1)
+    train_run.run(cfg)
+    student, scfg = load_policy(tmp_path / "student")
+    assert (scfg["policy"]["sampler"], scfg["policy"]["steps"]) == ("euler", 1)
+    moved = [not torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values())]
+    assert any(moved)
+
+    other = train_config(tmp_path / "other", "unet_ddpm")
+    other["training"].update(steps=2, eval={"n_episodes": 0})
+    train_run.run(other)
+    bad = {**cfg, "run_dir": str(tmp_path / "bad_init"), "distill": {**cfg["distill"], "init": str(tmp_path / "other")}}
+    with pytest.raises(ValueError, match="distill.init .*other is not a policy of the teacher's architecture"):
+        train_run.run(bad)
+    bad = {**cfg, "run_dir": str(tmp_path / "bad_method"), "distill": {**cfg["distill"], "method": "magic"}}
+    with pytest.raises(ValueError, match="distill.method must be consistency or regression, got 'magic'"):
+        train_run.run(bad)

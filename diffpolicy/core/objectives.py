@@ -347,7 +347,71 @@ def _take(cond, index):
     return None if cond is None else cond[index]
 
 
-class ConsistencyDistillation(Objective):
+class Distilled(Objective):
+    """An objective that trains a student of ``base``: sampling, levels and likelihoods are the base objective's, so
+    every sampler runs the student exactly as it runs the teacher (one Euler / DDIM step is one network evaluation)."""
+
+    def __init__(self, base: Objective):
+        self.base = base
+        self.prediction, self.clip_x0, self.clip_keeps_noise = base.prediction, base.clip_x0, base.clip_keeps_noise
+
+    def _x0(self, net, x, model_time, alpha, sigma, cond):
+        """The student's one-step map: the base objective's x0 estimate at per-sample times."""
+        return self.base.denoiser(net, cond)(x, model_time, alpha, sigma)[0]
+
+    def sampling_schedule(self, steps: int, **kwargs) -> SamplingSchedule:
+        return self.base.sampling_schedule(steps, **kwargs)
+
+    def likelihood_schedule(self, steps=None, log_snr_range=None):
+        return self.base.likelihood_schedule(steps, log_snr_range)
+
+    def log_snr_range(self):
+        return self.base.log_snr_range()
+
+    def flow_time_range(self):
+        return self.base.flow_time_range()
+
+    def level(self, tau):
+        return self.base.level(tau)
+
+    def ode_times(self, steps):
+        return self.base.ode_times(steps)
+
+    def denoiser(self, net, cond=None, null_cond=None, guidance=0.0, clip=True, classifier_grad=None,
+                 classifier_scale=0.0):
+        return self.base.denoiser(net, cond, null_cond, guidance, clip, classifier_grad, classifier_scale)
+
+
+class OneStepRegression(Distilled):
+    """Knowledge distillation (Luhman & Luhman 2021): the student's one-step map regresses onto the teacher's sampler.
+
+    Trained on coupled pairs ``(noise, x0)`` where ``x0`` is the teacher's many-step sample from ``noise`` (reflow's
+    couplings, :func:`~diffpolicy.training.reflow.make_couplings`, computed once before training): the student's x0
+    estimate at the noise end of ``schedule`` (its first level), from ``noise`` itself as the samplers start, is
+    pulled onto ``x0``. That estimate is exactly what one Euler / DDIM step over ``schedule`` returns, so every
+    training sample trains the one-step sampler, and no teacher runs during training (consistency distillation
+    spends a teacher evaluation per sample and trains every level of the grid).
+    """
+
+    def __init__(self, base: Objective, schedule: SamplingSchedule):
+        if schedule.num_steps < 1:
+            raise ValueError("one-step regression needs a grid of at least one step (its first level is the start)")
+        super().__init__(base)
+        self.schedule = schedule
+
+    def loss(self, net, x0, cond=None, generator=None, reduce=True, noise=None):
+        """Mean squared distance between the student's one-step sample from ``noise`` ``(B, *event)`` and the
+        teacher's sample ``x0`` from the same noise, per sample."""
+        if noise is None:
+            raise ValueError("one-step regression trains on coupled (noise, teacher sample) pairs: pass noise")
+        s = self.schedule.to(device=x0.device, dtype=x0.dtype)
+        ones = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)
+        pred = self._x0(net, noise, s.model_time[0] * ones, s.alpha[0], s.sigma[0], cond)
+        per_sample = (pred.float() - x0.float()).pow(2).flatten(1).mean(1)
+        return per_sample.mean() if reduce else per_sample
+
+
+class ConsistencyDistillation(Distilled):
     """Consistency distillation (Song et al. 2023) of a teacher into a student that samples in one step.
 
     The consistency function of a network is its x0 estimate, ``f(x, t) = x0_hat`` of the denoiser view: at the
@@ -373,9 +437,8 @@ class ConsistencyDistillation(Objective):
             raise ValueError("consistency distillation needs a teacher grid of at least one step")
         if int(teacher_steps) != teacher_steps or teacher_steps < 1:
             raise ValueError(f"consistency distillation teacher_steps must be an integer >= 1, got {teacher_steps!r}")
-        self.base, self.teacher, self.schedule = base, teacher, schedule
-        self.teacher_steps = int(teacher_steps)
-        self.prediction, self.clip_x0, self.clip_keeps_noise = base.prediction, base.clip_x0, base.clip_keeps_noise
+        super().__init__(base)
+        self.teacher, self.schedule, self.teacher_steps = teacher, schedule, int(teacher_steps)
 
     def loss(self, net, x0, cond=None, generator=None, reduce=True, noise=None):
         """Mean squared distance between the student's x0 estimates at ``x_n`` and (stop-gradient) at ``x_m``,
@@ -408,32 +471,6 @@ class ConsistencyDistillation(Objective):
             x0_t, eps_t = self.base.denoiser(self.teacher, _take(cond, moving))(x[moving], s.model_time[k], a, sg)
             x[moving] = a1 * x0_t + sg1 * eps_t
         return x
-
-    def _x0(self, net, x, model_time, alpha, sigma, cond):
-        """The consistency function: the base objective's x0 estimate at per-sample times."""
-        return self.base.denoiser(net, cond)(x, model_time, alpha, sigma)[0]
-
-    def sampling_schedule(self, steps: int, **kwargs) -> SamplingSchedule:
-        return self.base.sampling_schedule(steps, **kwargs)
-
-    def likelihood_schedule(self, steps=None, log_snr_range=None):
-        return self.base.likelihood_schedule(steps, log_snr_range)
-
-    def log_snr_range(self):
-        return self.base.log_snr_range()
-
-    def flow_time_range(self):
-        return self.base.flow_time_range()
-
-    def level(self, tau):
-        return self.base.level(tau)
-
-    def ode_times(self, steps):
-        return self.base.ode_times(steps)
-
-    def denoiser(self, net, cond=None, null_cond=None, guidance=0.0, clip=True, classifier_grad=None,
-                 classifier_scale=0.0):
-        return self.base.denoiser(net, cond, null_cond, guidance, clip, classifier_grad, classifier_scale)
 
 
 def make_objective(cfg: dict[str, Any]) -> Objective:

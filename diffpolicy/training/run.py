@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..accel import accelerate
-from ..core.objectives import ConsistencyDistillation, make_objective
+from ..core.objectives import ConsistencyDistillation, OneStepRegression, make_objective
 from ..core.samplers import check_steps, get_sampler
 from ..data.cache import DEFAULT_CACHE_BYTES, DEFAULT_MEMORY_BUDGET, ChunkCachedArray
 from ..data.collect import collect_dataset
@@ -158,8 +158,16 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     probe = data.sample_batch([0], seed=0)
     shapes = {"obs": {k: list(v.shape[2:]) for k, v in probe["obs"].items()}, "action_dim": probe["action"].shape[-1]}
     policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
-    if teacher:
-        policy.load_state_dict(teacher.state_dict())
+    if teacher:  # the student starts from the teacher, or from distill.init (e.g. an earlier student of it)
+        start = teacher
+        if mode == "distill" and distill.get("init"):
+            start, icfg = load_policy(distill["init"], use_ema=True, device=device)
+            differ = sorted(k for k in {*icfg["policy"], *tconfig["policy"]} - {"sampler", "steps"}
+                            if icfg["policy"].get(k) != tconfig["policy"].get(k))
+            if differ:
+                raise ValueError(f"distill.init {distill['init']} is not a policy of the teacher's architecture and "
+                                 f"objective: its policy config differs from the teacher's in {differ}")
+        policy.load_state_dict(start.state_dict())
     if cfg.get("accel", True):  # CPU convolution paths and trunk layout: same outputs, faster steps (accel/)
         accelerate(policy)
         if teacher:
@@ -180,7 +188,18 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
         print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
               f"{len(data)} training windows")
 
-    if mode == "distill":
+    method = distill.get("method", "consistency")
+    if mode == "distill" and method not in ("consistency", "regression"):
+        raise ValueError(f"distill.method must be consistency or regression, got {method!r}")
+    if mode == "distill" and method == "regression":
+        # one-step regression onto the teacher's many-step samples, computed once (reflow's couplings)
+        plan = teacher.sampling_plan(distill.get("sampler", "euler"), distill.get("grid_steps", 16),
+                                     shift=distill.get("shift"))
+        couplings = make_couplings(teacher, data, plan, distill.get("copies", 8), seed=train_cfg.seed, device=device)
+        policy.objective = OneStepRegression(policy.objective, plan.schedule)
+        del teacher
+        batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
+    elif mode == "distill":
         plan = teacher.sampling_plan("euler", distill.get("grid_steps", 16), shift=distill.get("shift"))
         policy.objective = ConsistencyDistillation(policy.objective, teacher.net.eval().requires_grad_(False),
                                                    plan.schedule, distill.get("teacher_steps", 1))
@@ -199,7 +218,8 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
         cached = [k for k, a in data.arrays.items() if isinstance(a, ChunkCachedArray)]
         print(f"data: {', '.join(cached)} read through a chunk cache (over training.memory_budget_mib); each batch "
               f"is drawn from {len(local.pool(0))} of {local.n_groups} chunks at a time (training.chunk_local)")
-    val = data.validation() if data.val_mask.any() else None
+    # one-step regression has targets (the teacher's samples) only for training windows: no validation loss
+    val = data.validation() if data.val_mask.any() and not (mode == "distill" and method == "regression") else None
 
     def validate(model) -> float:
         with torch.no_grad():
