@@ -142,3 +142,47 @@ def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_c
     bad = {**cfg, "run_dir": str(tmp_path / "bad_method"), "distill": {**cfg["distill"], "method": "magic"}}
     with pytest.raises(ValueError, match="distill.method must be consistency or regression, got 'magic'"):
         train_run.run(bad)
+
+
+def test_onpolicy_rounds_label_the_students_own_states_and_resume_without_new_rollouts(train_config, tmp_path):
+    """distill.onpolicy_rounds: after the first fit the student is rolled out, the teacher's samples on the windows
+    it planned from join the pairs, and the student trains on; the final student is the run's latest checkpoint, and
+    a resumed run reuses the stored pairs (no second rollout) and ends with the same weights."""
+    from diffpolicy.training.onpolicy import _load_couplings
+    from diffpolicy.policy.checkpoint import load_tensors, resolve_checkpoint
+
+    teacher_dir = tmp_path / "teacher"
+    cfg = train_config(teacher_dir, "unet_flow")
+    cfg["training"].update(steps=20, eval={"n_episodes": 0})
+    train_run.run(cfg)
+    teacher, _ = load_policy(teacher_dir)
+    run_dir = tmp_path / "student"
+    cfg = train_config(run_dir, "unet_flow")
+    cfg["distill"] = {"teacher": str(teacher_dir), "method": "regression", "grid_steps": 3, "copies": 2,
+                      "sample_steps": 1, "onpolicy_rounds": 1, "onpolicy_episodes": 2, "onpolicy_steps": 6}
+    cfg["training"].update(steps=8, eval={"n_episodes": 0})
+    train_run.run(cfg)
+    rows = (run_dir / "onpolicy.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and '"round": 1' in rows[0]
+    assert resolve_checkpoint(run_dir).name == "step_00000014"  # 8 steps, then one round of 6
+    final = load_tensors(resolve_checkpoint(run_dir), "ema")
+    for k, v in load_tensors(resolve_checkpoint(run_dir / "onpolicy" / "round_1"), "ema").items():
+        torch.testing.assert_close(final[k], v, rtol=0, atol=0)
+
+    visited = _load_couplings(run_dir / "onpolicy" / "round_1" / "visited.safetensors")
+    assert len(visited["action"]) % 2 == 0 and visited["obs"]["state"].shape[1:] == (2, 4)
+    with torch.no_grad():  # each pair is the teacher's 3-step sample from its noise on a visited window
+        again = teacher.sample_chunk(teacher.encode({"state": visited["obs"]["state"][:5]}),
+                                     teacher.sampling_plan("euler", 3), noise=visited["noise"][:5])
+    torch.testing.assert_close(teacher.normalizer.unnormalize("action", again), visited["action"][:5])
+
+    # interrupted in the round: its last checkpoint is removed, resume trains it again from the stored pairs
+    import shutil
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000014")
+    (run_dir / "checkpoints" / "latest").write_text("step_00000008\n")
+    round_ckpts = run_dir / "onpolicy" / "round_1" / "checkpoints"
+    shutil.rmtree(round_ckpts)
+    train_run.run({**cfg, "resume": True}, overrides=[])
+    assert len((run_dir / "onpolicy.jsonl").read_text().splitlines()) == 1
+    for k, v in load_tensors(resolve_checkpoint(run_dir), "ema").items():
+        torch.testing.assert_close(final[k], v)

@@ -42,19 +42,30 @@ def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, plan: Sampling
     plan = plan or teacher.sampling_plan()
     windows = np.tile(np.arange(len(data)), copies)
     g = torch.Generator().manual_seed(seed)
-    out: dict = {"obs": {}, "action": [], "noise": []}
+    pieces = []
     for start in tqdm(range(0, len(windows), batch_size), desc=f"reflow couplings ({plan.sampler}-{plan.steps})"):
         batch = data.sample_batch(windows[start: start + batch_size], seed=seed + start)
-        obs = {k: v[:, : teacher.n_obs_steps] for k, v in batch["obs"].items()}
-        noise = torch.randn(len(batch["action"]), teacher.horizon, teacher.action_dim, generator=g)
-        cond = teacher.encode({k: v.to(device) for k, v in obs.items()})
-        chunk = teacher.sample_chunk(cond, plan, noise=noise.to(device))
-        out["action"].append(teacher.normalizer.unnormalize(teacher.action_key, chunk).cpu())
-        out["noise"].append(noise)
-        for k, v in obs.items():
-            out["obs"].setdefault(k, []).append(v)
-    return {"obs": {k: torch.cat(v) for k, v in out["obs"].items()}, "action": torch.cat(out["action"]),
-            "noise": torch.cat(out["noise"])}
+        pieces.append(teacher_pairs(teacher, {k: v[:, : teacher.n_obs_steps] for k, v in batch["obs"].items()},
+                                    plan, g, device))
+    return merge_couplings(*pieces)
+
+
+@torch.inference_mode()
+def teacher_pairs(teacher: DiffusionPolicy, obs: Mapping[str, torch.Tensor], plan: SamplingPlan,
+                  generator: torch.Generator, device: torch.device | str = "cpu") -> dict:
+    """One batch of couplings: fresh noise ``(B, T, Da)`` from ``generator`` (on the CPU) and the teacher's sample
+    from it for observation windows ``{key: (B, To, ...)}``; the couplings' layout, on the CPU."""
+    noise = torch.randn(len(next(iter(obs.values()))), teacher.horizon, teacher.action_dim, generator=generator)
+    chunk = teacher.sample_chunk(teacher.encode({k: v.to(device) for k, v in obs.items()}), plan,
+                                 noise=noise.to(device))
+    return {"obs": {k: v.cpu() for k, v in obs.items()},
+            "action": teacher.normalizer.unnormalize(teacher.action_key, chunk).cpu(), "noise": noise}
+
+
+def merge_couplings(*couplings: Mapping) -> dict:
+    """Couplings concatenated along the pair axis (the same observation keys in each)."""
+    return {"obs": {k: torch.cat([c["obs"][k] for c in couplings]) for k in couplings[0]["obs"]},
+            "action": torch.cat([c["action"] for c in couplings]), "noise": torch.cat([c["noise"] for c in couplings])}
 
 
 class CouplingBatches:

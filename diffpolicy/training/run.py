@@ -32,6 +32,7 @@ from ..policy.checkpoint import resolve_checkpoint
 from ..policy.factory import build_policy, load_policy
 from .batches import StepBatches
 from .loop import TrainConfig, distributed_context, pick_device, train
+from .onpolicy import onpolicy_rounds
 from .reflow import CouplingBatches, make_couplings
 
 
@@ -197,7 +198,6 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                                      shift=distill.get("shift"))
         couplings = make_couplings(teacher, data, plan, distill.get("copies", 8), seed=train_cfg.seed, device=device)
         policy.objective = OneStepRegression(policy.objective, plan.schedule)
-        del teacher
         batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
     elif mode == "distill":
         plan = teacher.sampling_plan("euler", distill.get("grid_steps", 16), shift=distill.get("shift"))
@@ -249,6 +249,12 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     ema = train(policy, batch_fn, train_cfg, run_dir, config, resume=bool(cfg.get("resume")),
                 evaluate=periodic_eval if train_cfg.eval_every and n_eval > 0 else None,
                 validate=validate if val else None, device=device)
+    rounds = int(distill.get("onpolicy_rounds", 0)) if mode == "distill" and method == "regression" else 0
+    if rounds > 0:  # DAgger: the teacher labels the states the student visits, the student trains on them too
+        ema = onpolicy_rounds(policy, ema, teacher, couplings, config["task"], plan, rounds,
+                              int(distill.get("onpolicy_steps", train_cfg.steps)),
+                              int(distill.get("onpolicy_episodes", 100)), int(distill.get("copies", 8)), train_cfg,
+                              run_dir, config, resume=bool(cfg.get("resume")), device=device)
     if rank != 0:
         return {}
     if n_eval <= 0:
@@ -256,7 +262,8 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
               f"{run_dir.resolve()}")
         return {}
     out = run_dir / "eval"
-    summary = rollouts(ema.model.eval(), train_cfg.steps, eval_cfg.get("video_episodes", 0), out / "videos")
-    save_summary(summary, out, f"{task['env_id']} {pcfg['name']} (step {train_cfg.steps})")
+    final_step = train_cfg.steps + rounds * int(distill.get("onpolicy_steps", train_cfg.steps))
+    summary = rollouts(ema.model.eval(), final_step, eval_cfg.get("video_episodes", 0), out / "videos")
+    save_summary(summary, out, f"{task['env_id']} {pcfg['name']} (step {final_step})")
     print(f"wrote checkpoints, tensorboard logs and evaluation to {run_dir.resolve()}")
     return summary
