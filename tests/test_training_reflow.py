@@ -186,3 +186,20 @@ def test_onpolicy_rounds_label_the_students_own_states_and_resume_without_new_ro
     assert len((run_dir / "onpolicy.jsonl").read_text().splitlines()) == 1
     for k, v in load_tensors(resolve_checkpoint(run_dir), "ema").items():
         torch.testing.assert_close(final[k], v)
+
+
+def test_recording_policy_records_each_window_it_is_asked_to_plan_from(train_config, tmp_path):
+    from diffpolicy.eval.rollout import evaluate
+    from diffpolicy.training.onpolicy import RecordingPolicy
+
+    cfg = train_config(tmp_path / "run", "unet_flow")
+    cfg["training"].update(steps=2, eval={"n_episodes": 0})
+    train_run.run(cfg)
+    policy, pcfg = load_policy(tmp_path / "run")
+    recorder = RecordingPolicy(policy)
+    summary = evaluate(recorder, pcfg["task"], n_episodes=2, n_envs=2, progress=False)
+    chunks = sum(e["chunks"] for e in summary["episodes"])
+    assert sum(len(w["state"]) for w in recorder.windows) == chunks  # one window per planned chunk
+    assert recorder.horizon == policy.horizon and recorder.windows[0]["state"].shape[1:] == (2, 4)
+    # the first window of an episode repeats its first observation (the history is padded with it)
+    torch.testing.assert_close(recorder.windows[0]["state"][:, 0], recorder.windows[0]["state"][:, 1])
