@@ -186,6 +186,16 @@ def test_onpolicy_rounds_label_the_students_own_states_and_resume_without_new_ro
     assert len((run_dir / "onpolicy.jsonl").read_text().splitlines()) == 1
     for k, v in load_tensors(resolve_checkpoint(run_dir), "ema").items():
         torch.testing.assert_close(final[k], v)
+    # resuming the finished run (its first fit shorter than a round) trains nothing more
+    cfg["training"]["steps"], cfg["distill"]["onpolicy_steps"] = 10, 4
+    train_run.run({**cfg, "run_dir": str(tmp_path / "short")})
+    first_fit = tmp_path / "short" / "checkpoints" / "step_00000010"
+    done, fit = load_tensors(resolve_checkpoint(tmp_path / "short"), "ema"), load_tensors(first_fit, "ema")
+    train_run.run({**cfg, "run_dir": str(tmp_path / "short"), "resume": True}, overrides=[])
+    assert resolve_checkpoint(tmp_path / "short").name == "step_00000014"
+    for before, after in ((done, resolve_checkpoint(tmp_path / "short")), (fit, first_fit)):
+        for k, v in load_tensors(after, "ema").items():
+            torch.testing.assert_close(before[k], v, rtol=0, atol=0)
 
 
 def test_recording_policy_records_each_window_it_is_asked_to_plan_from(train_config, tmp_path):

@@ -114,8 +114,9 @@ def onpolicy_rounds(policy, ema, teacher: DiffusionPolicy, couplings: Mapping, t
         policy.load_state_dict(ema.model.state_dict())
         ema = train(policy, CouplingBatches(pairs, cfg.batch_size, cfg.seed + r, device), replace(cfg, steps=steps),
                     round_dir, config, resume=resume, device=torch.device(device))
-    last = resolve_checkpoint(round_dir)
-    save_checkpoint(run_dir / "checkpoints", cfg.steps + rounds * steps,
-                    {"model": policy.state_dict(), "ema": ema.model.state_dict()}, config,
-                    load_train_state(last), keep=cfg.keep_checkpoints)
+    # the run's total step count in its train state: resuming the finished run trains nothing in the first fit
+    total = cfg.steps + rounds * steps
+    save_checkpoint(run_dir / "checkpoints", total, {"model": policy.state_dict(), "ema": ema.model.state_dict()},
+                    config, {**load_train_state(resolve_checkpoint(round_dir)), "step": total},
+                    keep=cfg.keep_checkpoints)
     return ema
