@@ -6,6 +6,9 @@ errors take it: in closed loop those errors compound, and the states it reaches 
 the current student out in the task over seeded episodes, records the observation window of every chunk it planned,
 and draws the teacher's samples for them (the same noise -> sample couplings as for the demonstrations); the student
 then trains on the union, so its one-step map is fitted where it actually goes.
+
+The pairs live in memory, as reflow's do: ``copies`` observation windows per visited window (small for state
+observations; for cameras, ``copies x windows`` image stacks per round).
 """
 
 from __future__ import annotations
