@@ -95,8 +95,7 @@ def onpolicy_rounds(policy, ema, teacher: DiffusionPolicy, couplings: Mapping, t
     """
     if distributed_context()[1] > 1:
         raise ValueError("on-policy distillation rounds (distill.onpolicy_rounds) run in a single process")
-    run_dir = Path(run_dir)
-    pairs = dict(couplings)
+    run_dir, pairs = Path(run_dir), couplings
     for r in range(1, rounds + 1):
         round_dir = run_dir / "onpolicy" / f"round_{r}"
         round_dir.mkdir(parents=True, exist_ok=True)

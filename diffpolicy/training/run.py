@@ -250,9 +250,9 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                 evaluate=periodic_eval if train_cfg.eval_every and n_eval > 0 else None,
                 validate=validate if val else None, device=device)
     rounds = int(distill.get("onpolicy_rounds", 0)) if mode == "distill" and method == "regression" else 0
+    round_steps = int(distill.get("onpolicy_steps", train_cfg.steps))
     if rounds > 0:  # DAgger: the teacher labels the states the student visits, the student trains on them too
-        ema = onpolicy_rounds(policy, ema, teacher, couplings, config["task"], plan, rounds,
-                              int(distill.get("onpolicy_steps", train_cfg.steps)),
+        ema = onpolicy_rounds(policy, ema, teacher, couplings, config["task"], plan, rounds, round_steps,
                               int(distill.get("onpolicy_episodes", 100)), int(distill.get("copies", 8)), train_cfg,
                               run_dir, config, resume=bool(cfg.get("resume")), device=device)
     if rank != 0:
@@ -262,7 +262,7 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
               f"{run_dir.resolve()}")
         return {}
     out = run_dir / "eval"
-    final_step = train_cfg.steps + rounds * int(distill.get("onpolicy_steps", train_cfg.steps))
+    final_step = train_cfg.steps + rounds * round_steps
     summary = rollouts(ema.model.eval(), final_step, eval_cfg.get("video_episodes", 0), out / "videos")
     save_summary(summary, out, f"{task['env_id']} {pcfg['name']} (step {final_step})")
     print(f"wrote checkpoints, tensorboard logs and evaluation to {run_dir.resolve()}")
