@@ -413,7 +413,7 @@ def _train_config(dataset, run_dir, policy):
     return cfg
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def train_config(two_path_dataset):
     """``train_config(run_dir, policy) -> dict``: the ``train`` config at the smoke budget on ``two_path_dataset``,
     with a small U-Net (``policy``: a name of ``configs/policy``)."""

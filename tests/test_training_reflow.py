@@ -29,6 +29,16 @@ def one_step_error(objective, net, n, g, centers):
     return torch.cdist(x, centers).min(1).values.mean().item()
 
 
+@pytest.fixture(scope="module")
+def flow_teacher(train_config, tmp_path_factory):
+    """A 20-step flow-matching run on TwoPath: the teacher of the distillation tests (one per module)."""
+    teacher_dir = tmp_path_factory.mktemp("flow_teacher")
+    cfg = train_config(teacher_dir, "unet_flow")
+    cfg["training"].update(steps=20, eval={"n_episodes": 0})
+    train_run.run(cfg)
+    return teacher_dir
+
+
 def test_reflow_makes_one_euler_step_land_on_the_modes(toy_mixture):
     """With independent pairs, one Euler step returns the mean of the 8 modes (near the origin, ~1 from every mode);
     trained on its own noise -> sample couplings, the student's single step lands near a mode."""
@@ -88,14 +98,11 @@ def test_reflow_run_starts_from_the_teacher_and_trains_on_its_samples(two_path_d
         train_run.run(cfg)
 
 
-def test_distill_run_starts_from_the_teacher_and_samples_in_one_step(train_config, tmp_path):
+def test_distill_run_starts_from_the_teacher_and_samples_in_one_step(train_config, flow_teacher, tmp_path):
     """distill.teacher: the student copies the teacher, trains with the consistency-distillation objective (the
     teacher's net fixed inside it, the student's observation encoder frozen), and its config samples with one Euler
     step; the checkpoint loads as a plain flow policy."""
-    teacher_dir = tmp_path / "teacher"
-    cfg = train_config(teacher_dir, "unet_flow")
-    cfg["training"].update(steps=20, eval={"n_episodes": 0})
-    train_run.run(cfg)
+    teacher_dir = flow_teacher
     teacher, tcfg = load_policy(teacher_dir)
     cfg = train_config(tmp_path / "student", "unet_ddpm")  # policy= is replaced by the teacher's
     cfg["distill"] = {"teacher": str(teacher_dir), "grid_steps": 4, "shift": None, "sample_steps": 1,
@@ -114,14 +121,11 @@ def test_distill_run_starts_from_the_teacher_and_samples_in_one_step(train_confi
         train_run.run(cfg)
 
 
-def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_config, tmp_path):
+def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_config, flow_teacher, tmp_path):
     """distill.method=regression: the teacher's Euler samples are drawn once (couplings) and the student, started
     from distill.init (here the teacher's own run) or the teacher, regresses its one-step map onto them; a wrong
     method or an init of another architecture is a clear error."""
-    teacher_dir = tmp_path / "teacher"
-    cfg = train_config(teacher_dir, "unet_flow")
-    cfg["training"].update(steps=20, eval={"n_episodes": 0})
-    train_run.run(cfg)
+    teacher_dir = flow_teacher
     teacher, tcfg = load_policy(teacher_dir)
     cfg = train_config(tmp_path / "student", "unet_flow")
     cfg["distill"] = {"teacher": str(teacher_dir), "method": "regression", "init": str(teacher_dir),
@@ -144,17 +148,15 @@ def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_c
         train_run.run(bad)
 
 
-def test_onpolicy_rounds_label_the_students_own_states_and_resume_without_new_rollouts(train_config, tmp_path):
+def test_onpolicy_rounds_label_the_students_own_states_and_resume_without_new_rollouts(train_config, flow_teacher,
+                                                                                        tmp_path):
     """distill.onpolicy_rounds: after the first fit the student is rolled out, the teacher's samples on the windows
     it planned from join the pairs, and the student trains on; the final student is the run's latest checkpoint, and
     a resumed run reuses the stored pairs (no second rollout) and ends with the same weights."""
     from diffpolicy.training.onpolicy import _load_couplings
     from diffpolicy.policy.checkpoint import load_tensors, resolve_checkpoint
 
-    teacher_dir = tmp_path / "teacher"
-    cfg = train_config(teacher_dir, "unet_flow")
-    cfg["training"].update(steps=20, eval={"n_episodes": 0})
-    train_run.run(cfg)
+    teacher_dir = flow_teacher
     teacher, _ = load_policy(teacher_dir)
     run_dir = tmp_path / "student"
     cfg = train_config(run_dir, "unet_flow")

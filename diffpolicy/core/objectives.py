@@ -404,9 +404,8 @@ class OneStepRegression(Distilled):
         teacher's sample ``x0`` from the same noise, per sample."""
         if noise is None:
             raise ValueError("one-step regression trains on coupled (noise, teacher sample) pairs: pass noise")
-        s = self.schedule.to(device=x0.device, dtype=x0.dtype)
-        ones = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)
-        pred = self._x0(net, noise, s.model_time[0] * ones, s.alpha[0], s.sigma[0], cond)
+        s = self.schedule.to(device=x0.device, dtype=x0.dtype)  # the denoiser expands the start time to the batch
+        pred = self._x0(net, noise, s.model_time[0], s.alpha[0], s.sigma[0], cond)
         per_sample = (pred.float() - x0.float()).pow(2).flatten(1).mean(1)
         return per_sample.mean() if reduce else per_sample
 

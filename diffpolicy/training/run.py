@@ -137,6 +137,10 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     if reflow.get("teacher") and distill.get("teacher"):
         raise ValueError("reflow.teacher and distill.teacher are both set: a run either reflows or distils")
     teacher, mode = None, "reflow" if reflow.get("teacher") else "distill" if distill.get("teacher") else None
+    method = distill.get("method", "consistency")
+    if mode == "distill" and method not in ("consistency", "regression"):
+        raise ValueError(f"distill.method must be consistency or regression, got {method!r}")
+    regression = mode == "distill" and method == "regression"  # one-step regression onto the teacher's samples
     if mode:  # the student is a copy of the teacher: its architecture, normaliser and weights
         source = (reflow if mode == "reflow" else distill)["teacher"]
         teacher, tconfig = load_policy(source, use_ema=True, device=device)
@@ -189,18 +193,14 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
         print(f"policy {pcfg['name']}: {n_params / 1e6:.2f}M parameters; {data.buffer.n_episodes} episodes, "
               f"{len(data)} training windows")
 
-    method = distill.get("method", "consistency")
-    if mode == "distill" and method not in ("consistency", "regression"):
-        raise ValueError(f"distill.method must be consistency or regression, got {method!r}")
-    if mode == "distill" and method == "regression":
-        # one-step regression onto the teacher's many-step samples, computed once (reflow's couplings)
-        plan = teacher.sampling_plan(distill.get("sampler", "euler"), distill.get("grid_steps", 16),
-                                     shift=distill.get("shift"))
+    if mode == "distill":  # the teacher's grid: its samples for regression, the consistency chain otherwise
+        plan = teacher.sampling_plan(distill.get("sampler", "euler") if regression else "euler",
+                                     distill.get("grid_steps", 16), shift=distill.get("shift"))
+    if regression:  # the teacher's samples are drawn once (reflow's couplings)
         couplings = make_couplings(teacher, data, plan, distill.get("copies", 8), seed=train_cfg.seed, device=device)
         policy.objective = OneStepRegression(policy.objective, plan.schedule)
         batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
     elif mode == "distill":
-        plan = teacher.sampling_plan("euler", distill.get("grid_steps", 16), shift=distill.get("shift"))
         policy.objective = ConsistencyDistillation(policy.objective, teacher.net.eval().requires_grad_(False),
                                                    plan.schedule, distill.get("teacher_steps", 1))
         # the teacher's net reads the student's observation features: they stay the teacher's (encoder frozen)
@@ -219,7 +219,7 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
         print(f"data: {', '.join(cached)} read through a chunk cache (over training.memory_budget_mib); each batch "
               f"is drawn from {len(local.pool(0))} of {local.n_groups} chunks at a time (training.chunk_local)")
     # one-step regression has targets (the teacher's samples) only for training windows: no validation loss
-    val = data.validation() if data.val_mask.any() and not (mode == "distill" and method == "regression") else None
+    val = data.validation() if data.val_mask.any() and not regression else None
 
     def validate(model) -> float:
         with torch.no_grad():
@@ -249,7 +249,7 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     ema = train(policy, batch_fn, train_cfg, run_dir, config, resume=bool(cfg.get("resume")),
                 evaluate=periodic_eval if train_cfg.eval_every and n_eval > 0 else None,
                 validate=validate if val else None, device=device)
-    rounds = int(distill.get("onpolicy_rounds", 0)) if mode == "distill" and method == "regression" else 0
+    rounds = int(distill.get("onpolicy_rounds", 0)) if regression else 0
     round_steps = int(distill.get("onpolicy_steps", train_cfg.steps))
     if rounds > 0:  # DAgger: the teacher labels the states the student visits, the student trains on them too
         ema = onpolicy_rounds(policy, ema, teacher, couplings, config["task"], plan, rounds, round_steps,
