@@ -141,10 +141,57 @@ def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_c
     other["training"].update(steps=2, eval={"n_episodes": 0})
     train_run.run(other)
     bad = {**cfg, "run_dir": str(tmp_path / "bad_init"), "distill": {**cfg["distill"], "init": str(tmp_path / "other")}}
-    with pytest.raises(ValueError, match="distill.init .*other is not a policy of the teacher's architecture"):
+    with pytest.raises(ValueError, match="distill.init .*other is not a policy of the student's architecture"):
         train_run.run(bad)
     bad = {**cfg, "run_dir": str(tmp_path / "bad_method"), "distill": {**cfg["distill"], "method": "magic"}}
     with pytest.raises(ValueError, match="distill.method must be consistency or regression, got 'magic'"):
+        train_run.run(bad)
+
+
+def test_regression_student_of_another_architecture_learns_the_one_step_map(train_config, flow_teacher, tmp_path):
+    """distill.student: a regression student may have other networks than its teacher (here a transformer student
+    of a U-Net teacher): it starts from fresh weights, its config holds its own architecture, and its one-step
+    chunks move towards the teacher's samples; a consistency student or a change of chunk geometry is refused."""
+    from diffpolicy.core.objectives import OneStepRegression
+    from diffpolicy.nets.transformer1d import TransformerDenoiser
+
+    teacher, tcfg = load_policy(flow_teacher)
+    cfg = train_config(tmp_path / "student", "unet_flow")
+    overrides = {"name": "transformer_student", "denoiser": "transformer",
+                 "transformer": {"d_model": 32, "n_layers": 2, "n_heads": 2, "time_embed_dim": 16, "dropout": 0.0}}
+    cfg["distill"] = {"teacher": str(flow_teacher), "method": "regression", "grid_steps": 3, "copies": 2,
+                      "sample_steps": 1, "student": overrides}
+    cfg["training"].update(steps=60, eval={"n_episodes": 0}, lr=3e-3, warmup_steps=0, checkpoint_every=60)
+    train_run.run(cfg)
+    student, scfg = load_policy(tmp_path / "student")
+    assert isinstance(student.net, TransformerDenoiser) and scfg["policy"]["name"] == "transformer_student"
+    assert scfg["policy"]["horizon"] == tcfg["policy"]["horizon"] and scfg["policy"]["unet"] == tcfg["policy"]["unet"]
+
+    # one-step distance to the teacher's samples on fresh pairs: the trained student against a fresh one
+    data = WindowDataset(tcfg["task"]["dataset"], ["state"], horizon=16, n_obs_steps=2, n_action_steps=8)
+    plan = teacher.sampling_plan("euler", 3)
+    pairs = make_couplings(teacher, data, plan, copies=1, seed=123)
+    fresh, _ = load_policy(tmp_path / "student")
+    torch.manual_seed(0)
+    for p in fresh.net.parameters():
+        p.data.normal_(0, 0.02)
+
+    def distance(policy):
+        obj = OneStepRegression(policy.objective, plan.schedule)
+        with torch.no_grad():
+            cond = policy.encode(pairs["obs"])
+            return obj.loss(policy.net, policy.normalizer.normalize("action", pairs["action"]), cond,
+                            noise=pairs["noise"]).item()
+
+    assert distance(student) < 0.5 * distance(fresh)
+
+    bad = {**cfg, "run_dir": str(tmp_path / "bad_cd"), "distill": {**cfg["distill"], "method": "consistency"}}
+    with pytest.raises(ValueError, match="distill.student sets the student's networks, which only "
+                                         "distill.method=regression allows"):
+        train_run.run(bad)
+    bad = {**cfg, "run_dir": str(tmp_path / "bad_geometry"),
+           "distill": {**cfg["distill"], "student": {"horizon": 8}}}
+    with pytest.raises(ValueError, match=r"distill.student may not set \['horizon'\]"):
         train_run.run(bad)
 
 

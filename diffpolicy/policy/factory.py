@@ -86,3 +86,30 @@ def load_policy(path: str | Path, use_ema: bool = True, device: str | torch.devi
         raise ValueError(f"checkpoint {ckpt} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return place_for_device(policy, device).eval(), config
+
+
+# Keys of a policy config that say how a policy samples or what it is called, not what its weights are.
+NOT_ARCHITECTURE = ("name", "sampler", "steps")
+
+
+def flat_config(cfg: Mapping[str, Any], prefix: str = "") -> dict:
+    """A nested config as ``{"unet.down_dims": [...], ...}``."""
+    out = {}
+    for k, v in cfg.items():
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def architecture_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The dotted keys where two policy configs differ in what their weights are (not name, sampler or steps); an
+    empty list means one's weights load into the other."""
+    fa, fb = flat_config(a), flat_config(b)
+    return sorted(k for k in {*fa, *fb} if k.split(".")[0] not in NOT_ARCHITECTURE and fa.get(k) != fb.get(k))
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """``base`` with ``overrides`` merged in, section by section (a nested mapping merges, anything else replaces)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge_config(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out

@@ -2,9 +2,9 @@
 
 ``run(cfg)`` takes the composed config as a plain dict (``task``, ``policy``, ``training``, ``reflow``, ``distill``,
 ``run_dir``, ``resume``, ``device``, ``accel``) and wires the pieces: the task's dataset (collected with its scripted
-expert when missing), the normaliser fitted on it, the policy (a reflow or consistency-distillation student copies
-its teacher), step batches, periodic
-validation loss and rollouts, the shared loop, and the final evaluation. Outputs (checkpoints, tensorboard logs,
+expert when missing), the normaliser fitted on it, the policy (a reflow or distillation student copies its teacher,
+unless ``distill.student`` gives a regression student networks of its own), step batches, periodic validation loss and
+rollouts, the shared loop, and the final evaluation. Outputs (checkpoints, tensorboard logs,
 evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
 """
 
@@ -29,7 +29,7 @@ from ..data.obs import ObsSpec
 from ..data.tasks import SuccessSignal, import_task_modules
 from ..eval.rollout import evaluate, save_summary
 from ..policy.checkpoint import resolve_checkpoint
-from ..policy.factory import build_policy, load_policy
+from ..policy.factory import architecture_differences, build_policy, load_policy, merge_config
 from .batches import StepBatches
 from .loop import TrainConfig, distributed_context, pick_device, train
 from .onpolicy import onpolicy_rounds
@@ -46,6 +46,31 @@ def check_config(task: dict, pcfg: dict) -> None:
         make_objective(pcfg["objective"])
         get_sampler(pcfg["sampler"])
         check_steps(pcfg["steps"])
+
+
+# What a regression student may not change: the chunk geometry and objective its teacher's samples are made for.
+STUDENT_FIXED = ("type", "horizon", "n_obs_steps", "n_action_steps", "objective")
+
+
+def student_config(teacher: dict, overrides: dict | None, regression: bool) -> dict:
+    """The student's policy config: the teacher's, with ``distill.student``'s ``overrides`` (e.g. ``{"unet":
+    {"down_dims": [64, 128, 256]}}`` or another ``denoiser``) merged in. Only a regression student may differ from
+    its teacher, and only in its networks: consistency distillation evaluates the teacher's net on the student's
+    observation features and starts from the teacher's weights."""
+    if not overrides:
+        return teacher
+    if not regression:
+        raise ValueError("distill.student sets the student's networks, which only distill.method=regression allows: "
+                         "a consistency student is the teacher's architecture (it starts from its weights and the "
+                         "teacher's net reads its observation features)")
+    if not isinstance(overrides, dict):
+        raise ValueError(f"distill.student must be a mapping of policy-config overrides such as "
+                         f"{{unet: {{down_dims: [64, 128, 256]}}}}, got {overrides!r}")
+    fixed = sorted(k for k in overrides if k in STUDENT_FIXED)
+    if fixed:
+        raise ValueError(f"distill.student may not set {fixed}: the teacher's samples are chunks of its own geometry "
+                         f"and objective ({', '.join(STUDENT_FIXED)} stay the teacher's)")
+    return merge_config(teacher, overrides)
 
 
 def ensure_dataset(task: dict) -> str:
@@ -141,7 +166,7 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     if mode == "distill" and method not in ("consistency", "regression"):
         raise ValueError(f"distill.method must be consistency or regression, got {method!r}")
     regression = mode == "distill" and method == "regression"  # one-step regression onto the teacher's samples
-    if mode:  # the student is a copy of the teacher: its architecture, normaliser and weights
+    if mode:  # the student is a copy of the teacher: its normaliser, and its architecture unless distill.student
         source = (reflow if mode == "reflow" else distill)["teacher"]
         teacher, tconfig = load_policy(source, use_ema=True, device=device)
         if tconfig["task"]["env_id"] != task["env_id"]:
@@ -149,7 +174,8 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                              f"not on this run's task {task['env_id']!r}")
         pcfg = tconfig["policy"]
         if mode == "distill":  # the student samples in distill.sample_steps (default one) Euler steps
-            pcfg = {**pcfg, "sampler": "euler", "steps": int(distill.get("sample_steps", 1))}
+            pcfg = {**student_config(pcfg, distill.get("student"), regression),
+                    "sampler": "euler", "steps": int(distill.get("sample_steps", 1))}
     geometry = dict(horizon=pcfg["horizon"], n_obs_steps=pcfg["n_obs_steps"], n_action_steps=pcfg["n_action_steps"])
     data = WindowDataset(dataset_path, task["obs_keys"], task.get("action_key", "action"), split="train",
                          val_ratio=tcfg.pop("val_ratio", 0.0), seed=tcfg["seed"],
@@ -163,16 +189,19 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     probe = data.sample_batch([0], seed=0)
     shapes = {"obs": {k: list(v.shape[2:]) for k, v in probe["obs"].items()}, "action_dim": probe["action"].shape[-1]}
     policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
-    if teacher:  # the student starts from the teacher, or from distill.init (e.g. an earlier student of it)
-        start = teacher
+    if teacher:  # the student starts from the teacher (if it has its architecture), or from distill.init
+        start = None if architecture_differences(pcfg, tconfig["policy"]) else teacher
         if mode == "distill" and distill.get("init"):
             start, icfg = load_policy(distill["init"], use_ema=True, device=device)
-            differ = sorted(k for k in {*icfg["policy"], *tconfig["policy"]} - {"sampler", "steps"}
-                            if icfg["policy"].get(k) != tconfig["policy"].get(k))
+            differ = architecture_differences(icfg["policy"], pcfg)
             if differ:
-                raise ValueError(f"distill.init {distill['init']} is not a policy of the teacher's architecture and "
-                                 f"objective: its policy config differs from the teacher's in {differ}")
-        policy.load_state_dict(start.state_dict())
+                raise ValueError(f"distill.init {distill['init']} is not a policy of the student's architecture and "
+                                 f"objective: its policy config differs from the student's in {differ}")
+        if start is not None:
+            policy.load_state_dict(start.state_dict())
+        elif rank == 0:
+            print(f"distill.student: the student ({pcfg['name']}) differs from the teacher in "
+                  f"{architecture_differences(pcfg, tconfig['policy'])}; it starts from fresh weights")
     if cfg.get("accel", True):  # CPU convolution paths and trunk layout: same outputs, faster steps (accel/)
         accelerate(policy)
         if teacher:
