@@ -129,7 +129,7 @@ def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_c
     teacher, tcfg = load_policy(teacher_dir)
     cfg = train_config(tmp_path / "student", "unet_flow")
     cfg["distill"] = {"teacher": str(teacher_dir), "method": "regression", "init": str(teacher_dir),
-                      "grid_steps": 3, "copies": 2, "sample_steps": 1}
+                      "grid_steps": 3, "copies": 2, "sample_steps": 1, "shifted_copies": 1, "state_noise": 0.05}
     cfg["training"].update(steps=10, eval={"n_episodes": 0}, val_ratio=0.1)
     train_run.run(cfg)
     student, scfg = load_policy(tmp_path / "student")
@@ -193,6 +193,25 @@ def test_regression_student_of_another_architecture_learns_the_one_step_map(trai
            "distill": {**cfg["distill"], "student": {"horizon": 8}}}
     with pytest.raises(ValueError, match=r"distill.student may not set \['horizon'\]"):
         train_run.run(bad)
+
+
+def test_shifted_couplings_label_states_near_the_demonstrations(flow_teacher):
+    """state_noise: each window's state is shifted by one Gaussian offset (normalised units, the same for all its
+    steps) and the teacher's sample is drawn for the shifted window; without it the windows are the data's."""
+    teacher, tcfg = load_policy(flow_teacher)
+    data = WindowDataset(tcfg["task"]["dataset"], ["state"], horizon=16, n_obs_steps=2, n_action_steps=8)
+    plan = teacher.sampling_plan("euler", 2)
+    clean = make_couplings(teacher, data, plan, copies=2, seed=5)
+    shifted = make_couplings(teacher, data, plan, copies=2, seed=5, state_noise=0.1)
+    norm = teacher.normalizer
+    offset = norm.normalize("state", shifted["obs"]["state"]) - norm.normalize("state", clean["obs"]["state"])
+    torch.testing.assert_close(offset[:, 1], offset[:, 0], rtol=0, atol=1e-5)  # one offset per window
+    assert abs(offset[:, 0].std().item() - 0.1) < 0.01 and abs(offset[:, 0].mean().item()) < 0.01
+    # each action is the teacher's sample for the shifted window and the stored noise
+    with torch.no_grad():
+        again = teacher.sample_chunk(teacher.encode({"state": shifted["obs"]["state"][:64]}), plan,
+                                     noise=shifted["noise"][:64])
+    torch.testing.assert_close(norm.unnormalize("action", again), shifted["action"][:64], rtol=1e-4, atol=1e-4)
 
 
 def test_onpolicy_rounds_label_the_students_own_states_and_resume_without_new_rollouts(train_config, flow_teacher,

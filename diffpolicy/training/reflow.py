@@ -26,9 +26,15 @@ from ..policy.sampling import SamplingPlan
 
 @torch.inference_mode()
 def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, plan: SamplingPlan | None = None, copies: int = 2,
-                   batch_size: int = 512, seed: int = 0, device: torch.device | str = "cpu") -> dict:
+                   batch_size: int = 512, seed: int = 0, device: torch.device | str = "cpu",
+                   state_noise: float = 0.0) -> dict:
     """Teacher samples for every window of ``data``, ``copies`` times each, sampled with ``plan`` (default: the
     teacher's configured sampler and steps).
+
+    ``state_noise > 0`` shifts each window's low-dimensional observations by a Gaussian offset of that standard
+    deviation in normalised units (one offset for all the window's steps, so velocities stay as observed) before
+    the teacher labels them: pairs on states near the demonstrations' rather than on them (DART-style coverage for
+    a student that will drift off the demonstrations). Image observations are left as they are.
 
     Returns ``{"obs": {key: (N, To, ...)}, "action": (N, T, Da) dataset units, "noise": (N, T, Da)}`` with
     ``N = copies x len(data)``, on the CPU; everything is a function of ``seed``.
@@ -45,9 +51,19 @@ def make_couplings(teacher: DiffusionPolicy, data: WindowDataset, plan: Sampling
     pieces = []
     for start in tqdm(range(0, len(windows), batch_size), desc=f"reflow couplings ({plan.sampler}-{plan.steps})"):
         batch = data.sample_batch(windows[start: start + batch_size], seed=seed + start)
-        pieces.append(teacher_pairs(teacher, {k: v[:, : teacher.n_obs_steps] for k, v in batch["obs"].items()},
-                                    plan, g, device))
+        obs = {k: v[:, : teacher.n_obs_steps] for k, v in batch["obs"].items()}
+        if state_noise > 0:
+            obs = {k: v if k in data.image_keys else shift_state(teacher.normalizer, k, v, state_noise, g)
+                   for k, v in obs.items()}
+        pieces.append(teacher_pairs(teacher, obs, plan, g, device))
     return merge_couplings(*pieces)
+
+
+def shift_state(normalizer, key: str, x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Low-dim observation windows ``(B, To, D)`` shifted by one offset ``(B, 1, D)`` per window, drawn with standard
+    deviation ``std`` in the normaliser's units, returned in dataset units."""
+    offset = std * torch.randn(x.shape[0], 1, *x.shape[2:], generator=generator)
+    return normalizer.unnormalize(key, normalizer.normalize(key, x) + offset.to(x.dtype))
 
 
 @torch.inference_mode()

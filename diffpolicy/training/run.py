@@ -33,7 +33,7 @@ from ..policy.factory import architecture_differences, build_policy, load_policy
 from .batches import StepBatches
 from .loop import TrainConfig, distributed_context, pick_device, train
 from .onpolicy import onpolicy_rounds
-from .reflow import CouplingBatches, make_couplings
+from .reflow import CouplingBatches, make_couplings, merge_couplings
 
 
 def check_config(task: dict, pcfg: dict) -> None:
@@ -227,6 +227,10 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
                                      distill.get("grid_steps", 16), shift=distill.get("shift"))
     if regression:  # the teacher's samples are drawn once (reflow's couplings)
         couplings = make_couplings(teacher, data, plan, distill.get("copies", 8), seed=train_cfg.seed, device=device)
+        if distill.get("shifted_copies", 0):  # and pairs on states near the demonstrations'
+            couplings = merge_couplings(couplings, make_couplings(
+                teacher, data, plan, int(distill["shifted_copies"]), seed=train_cfg.seed + 1, device=device,
+                state_noise=float(distill.get("state_noise", 0.05))))
         policy.objective = OneStepRegression(policy.objective, plan.schedule)
         batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
     elif mode == "distill":
