@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffpolicy.core.objectives import ConsistencyDistillation, FlowMatching, OneStepRegression, chunk_weights
+from diffpolicy.core.objectives import ConsistencyDistillation, FlowMatching, OneStepRegression
 from diffpolicy.core.samplers import euler
 
 POINTS = torch.tensor([[-0.8, -0.6], [0.9, 0.2], [0.0, 0.9]])
@@ -137,24 +137,6 @@ def test_one_step_regression_loss_is_the_distance_of_one_euler_step_from_the_cou
     torch.testing.assert_close(loss, (one_step - x0).pow(2).mean(1))
     with pytest.raises(ValueError, match="coupled .noise, teacher sample. pairs: pass noise"):
         reg.loss(student, x0)
-
-
-def test_weighted_one_step_regression_weighs_each_chunk_position():
-    """chunk_weights: 1 on the executed positions (n_obs_steps - 1 onwards, n_action_steps of them), the given weight
-    elsewhere; the weighted loss is the weighted mean of the squared error, per sample."""
-    w = chunk_weights(horizon=8, n_obs_steps=2, n_action_steps=2, others=0.25)
-    assert w.shape == (8, 1) and w[:, 0].tolist() == [0.25, 1, 1, 0.25, 0.25, 0.25, 0.25, 0.25]
-    flow = FlowMatching()
-    net = lambda x, t, cond=None: torch.zeros_like(x)  # velocity 0: the one-step sample is the noise itself
-    g = torch.Generator().manual_seed(0)
-    noise, x0 = torch.randn(16, 8, 3, generator=g), torch.randn(16, 8, 3, generator=g)
-    loss = OneStepRegression(flow, flow.sampling_schedule(4), w).loss(net, x0, noise=noise, reduce=False)
-    err = (noise - x0).pow(2)
-    torch.testing.assert_close(loss, (err * w).sum((1, 2)) / (w.sum() * 3))
-    only_executed = OneStepRegression(flow, flow.sampling_schedule(4), chunk_weights(8, 2, 2, 0.0))
-    torch.testing.assert_close(only_executed.loss(net, x0, noise=noise, reduce=False), err[:, 1:3].mean((1, 2)))
-    with pytest.raises(ValueError, match=r"not executed must be in \[0, 1\], got 2"):
-        chunk_weights(8, 2, 2, 2)
 
 
 def test_one_step_regression_onto_the_teachers_samples_lands_where_the_teacher_does():

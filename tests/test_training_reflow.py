@@ -129,8 +129,7 @@ def test_regression_distill_run_trains_the_one_step_map_from_an_init_run(train_c
     teacher, tcfg = load_policy(teacher_dir)
     cfg = train_config(tmp_path / "student", "unet_flow")
     cfg["distill"] = {"teacher": str(teacher_dir), "method": "regression", "init": str(teacher_dir),
-                      "grid_steps": 3, "copies": 2, "sample_steps": 1, "shifted_copies": 1, "state_noise": 0.05,
-                      "unexecuted_weight": 0.5}
+                      "grid_steps": 3, "copies": 2, "sample_steps": 1, "shifted_copies": 1, "state_noise": 0.05}
     cfg["training"].update(steps=10, eval={"n_episodes": 0}, val_ratio=0.1)
     train_run.run(cfg)
     student, scfg = load_policy(tmp_path / "student")

@@ -393,38 +393,21 @@ class OneStepRegression(Distilled):
     spends a teacher evaluation per sample and trains every level of the grid).
     """
 
-    def __init__(self, base: Objective, schedule: SamplingSchedule, weights: torch.Tensor | None = None):
-        """``weights``: optional weights of the squared error broadcast against one sample ``(*event)``, e.g.
-        ``(T, 1)`` per chunk position (see :func:`chunk_weights`); ``None`` weighs every entry alike."""
+    def __init__(self, base: Objective, schedule: SamplingSchedule):
         if schedule.num_steps < 1:
             raise ValueError("one-step regression needs a grid of at least one step (its first level is the start)")
         super().__init__(base)
-        self.schedule, self.weights = schedule, weights
+        self.schedule = schedule
 
     def loss(self, net, x0, cond=None, generator=None, reduce=True, noise=None):
         """Mean squared distance between the student's one-step sample from ``noise`` ``(B, *event)`` and the
-        teacher's sample ``x0`` from the same noise, per sample (weighted mean with ``weights``)."""
+        teacher's sample ``x0`` from the same noise, per sample."""
         if noise is None:
             raise ValueError("one-step regression trains on coupled (noise, teacher sample) pairs: pass noise")
         s = self.schedule.to(device=x0.device, dtype=x0.dtype)  # the denoiser expands the start time to the batch
         pred = self._x0(net, noise, s.model_time[0], s.alpha[0], s.sigma[0], cond)
-        err = (pred.float() - x0.float()).pow(2)
-        if self.weights is None:
-            per_sample = err.flatten(1).mean(1)
-        else:
-            w = self.weights.to(err.device, err.dtype).expand_as(err[0])
-            per_sample = (err * w).flatten(1).sum(1) / w.sum()
+        per_sample = (pred.float() - x0.float()).pow(2).flatten(1).mean(1)
         return per_sample.mean() if reduce else per_sample
-
-
-def chunk_weights(horizon: int, n_obs_steps: int, n_action_steps: int, others: float) -> torch.Tensor:
-    """Per-position weights ``(horizon, 1)`` of an action chunk: 1 on the positions a receding-horizon controller
-    executes (``n_obs_steps - 1`` to ``n_obs_steps - 1 + n_action_steps``), ``others`` elsewhere."""
-    if not 0 <= others <= 1:
-        raise ValueError(f"the weight of the chunk positions that are not executed must be in [0, 1], got {others}")
-    w = torch.full((horizon, 1), float(others))
-    w[n_obs_steps - 1: n_obs_steps - 1 + n_action_steps] = 1.0
-    return w
 
 
 class ConsistencyDistillation(Distilled):

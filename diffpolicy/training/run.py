@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..accel import accelerate
-from ..core.objectives import ConsistencyDistillation, OneStepRegression, chunk_weights, make_objective
+from ..core.objectives import ConsistencyDistillation, OneStepRegression, make_objective
 from ..core.samplers import check_steps, get_sampler
 from ..data.cache import DEFAULT_CACHE_BYTES, DEFAULT_MEMORY_BUDGET, ChunkCachedArray
 from ..data.collect import collect_dataset
@@ -231,9 +231,7 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
             couplings = merge_couplings(couplings, make_couplings(
                 teacher, data, plan, int(distill["shifted_copies"]), seed=train_cfg.seed + 1, device=device,
                 state_noise=float(distill.get("state_noise", 0.05))))
-        others = float(distill.get("unexecuted_weight", 1.0))  # the chunk positions the controller does not run
-        policy.objective = OneStepRegression(policy.objective, plan.schedule, None if others == 1 else chunk_weights(
-            pcfg["horizon"], pcfg["n_obs_steps"], pcfg["n_action_steps"], others))
+        policy.objective = OneStepRegression(policy.objective, plan.schedule)
         batch_fn = CouplingBatches(couplings, train_cfg.batch_size, train_cfg.seed, device, rank)
     elif mode == "distill":
         policy.objective = ConsistencyDistillation(policy.objective, teacher.net.eval().requires_grad_(False),
