@@ -4,8 +4,8 @@
 ``run_dir``, ``resume``, ``device``, ``accel``) and wires the pieces: the task's dataset (collected with its scripted
 expert when missing), the normaliser fitted on it, the policy (a reflow or distillation student copies its teacher,
 unless ``distill.student`` gives a regression student networks of its own), step batches, periodic validation loss and
-rollouts, the shared loop, and the final evaluation. Outputs (checkpoints, tensorboard logs,
-evaluation JSON, videos, summary PNG) go to ``run_dir``, printed at start and end.
+rollouts, the shared loop, and the final evaluation. Outputs (checkpoints, tensorboard logs, evaluation JSON, videos,
+summary PNG) go to ``run_dir``, printed at start and end.
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
     shapes = {"obs": {k: list(v.shape[2:]) for k, v in probe["obs"].items()}, "action_dim": probe["action"].shape[-1]}
     policy = build_policy(pcfg, normalizer, shapes["obs"], data.image_keys, shapes["action_dim"])
     if teacher:  # the student starts from the teacher (if it has its architecture), or from distill.init
-        start = None if architecture_differences(pcfg, tconfig["policy"]) else teacher
+        own = architecture_differences(pcfg, tconfig["policy"])  # set by distill.student
+        start = None if own else teacher
         if mode == "distill" and distill.get("init"):
             start, icfg = load_policy(distill["init"], use_ema=True, device=device)
             differ = architecture_differences(icfg["policy"], pcfg)
@@ -200,8 +201,8 @@ def run(cfg: dict, overrides: list[str] | None = None) -> dict:
         if start is not None:
             policy.load_state_dict(start.state_dict())
         elif rank == 0:
-            print(f"distill.student: the student ({pcfg['name']}) differs from the teacher in "
-                  f"{architecture_differences(pcfg, tconfig['policy'])}; it starts from fresh weights")
+            print(f"distill.student: the student ({pcfg['name']}) differs from the teacher in {own}; it starts from "
+                  "fresh weights")
     if cfg.get("accel", True):  # CPU convolution paths and trunk layout: same outputs, faster steps (accel/)
         accelerate(policy)
         if teacher:
